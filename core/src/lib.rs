@@ -1,0 +1,25 @@
+//! pulih-core: what the Pulih agent and controller must agree on.
+//!
+//! Everything here is free of I/O beyond reading a caller-supplied `Read`:
+//! identifiers ([`id`]), the content-defined chunker ([`chunker`]), the
+//! chunk codec ([`codec`]), the persisted formats ([`tree`], [`snapshot`],
+//! with their magic numbers and versions in [`formats`]), validated names
+//! ([`names`]), the wire protocol ([`protocol`]) and the TLS setup both
+//! sides use ([`tls`]).
+//!
+//! CPU work (chunking, hashing, compressing) is plain synchronous code; the
+//! binaries decide which threads run it.
+
+pub mod chunker;
+pub mod codec;
+pub mod enc;
+pub mod formats;
+pub mod id;
+pub mod names;
+pub mod protocol;
+pub mod snapshot;
+pub mod tls;
+pub mod tree;
+
+pub use id::{ChunkId, SnapshotId, TreeId};
+pub use names::{AgentName, DatasetName};

@@ -1,0 +1,308 @@
+//! Protocol messages and their payload encodings.
+
+use crate::enc::{DecodeError, Reader, Writer};
+use crate::formats::{MAX_CHUNK_LEN, MAX_FRAME_LEN, MAX_IDS_PER_QUERY, MAX_TREE_LEN};
+use crate::id::{ChunkId, SnapshotId, TreeId};
+
+/// Error classes carried in `Error` frames. The agent's retry loop decides
+/// by [`ErrorCode::is_temporary`], never by message text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed or unexpected frame.
+    Protocol,
+    /// The peer is not allowed to do this.
+    Forbidden,
+    /// Content did not match its id or declared size.
+    Integrity,
+    /// A tree or commit references something not stored for this agent.
+    MissingReference,
+    /// The controller could not store data (disk full, I/O error).
+    Storage,
+    /// The controller is shutting down or over capacity.
+    Unavailable,
+    /// An enrollment token is unknown, used, expired or for another name.
+    BadToken,
+    /// Versions do not match.
+    Version,
+    /// A code this build does not know.
+    Other(u16),
+}
+
+impl ErrorCode {
+    fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::Protocol => 1,
+            ErrorCode::Forbidden => 2,
+            ErrorCode::Integrity => 3,
+            ErrorCode::MissingReference => 4,
+            ErrorCode::Storage => 5,
+            ErrorCode::Unavailable => 6,
+            ErrorCode::BadToken => 7,
+            ErrorCode::Version => 8,
+            ErrorCode::Other(c) => c,
+        }
+    }
+    fn from_u16(c: u16) -> Self {
+        match c {
+            1 => ErrorCode::Protocol,
+            2 => ErrorCode::Forbidden,
+            3 => ErrorCode::Integrity,
+            4 => ErrorCode::MissingReference,
+            5 => ErrorCode::Storage,
+            6 => ErrorCode::Unavailable,
+            7 => ErrorCode::BadToken,
+            8 => ErrorCode::Version,
+            c => ErrorCode::Other(c),
+        }
+    }
+    /// Whether trying again later may succeed. `MissingReference` is
+    /// temporary: the agent retries without trusting its parent (F15).
+    pub fn is_temporary(self) -> bool {
+        matches!(self, ErrorCode::Storage | ErrorCode::Unavailable | ErrorCode::MissingReference | ErrorCode::Integrity)
+    }
+}
+
+/// Every message of protocol version 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    Hello { version: u16, software: String },
+    HelloOk { version: u16, controller: String, agent: String, server_time_ns: i64 },
+    Error { code: ErrorCode, message: String },
+    EnrollRequest { token: String, name: String, csr_der: Vec<u8> },
+    Enrolled { cert_der: Vec<u8>, ca_der: Vec<u8> },
+    HasChunks { ids: Vec<ChunkId> },
+    Missing { ids: Vec<ChunkId> },
+    PutChunk { id: ChunkId, raw_len: u32, data: Vec<u8> },
+    PutTree { id: TreeId, raw_len: u32, data: Vec<u8> },
+    Commit { record: Vec<u8> },
+    Committed { id: SnapshotId, bytes_new: u64, blobs_new: u64 },
+}
+
+const T_HELLO: u8 = 0x01;
+const T_HELLO_OK: u8 = 0x02;
+const T_ERROR: u8 = 0x03;
+const T_ENROLL: u8 = 0x10;
+const T_ENROLLED: u8 = 0x11;
+const T_HAS: u8 = 0x20;
+const T_MISSING: u8 = 0x21;
+const T_PUT_CHUNK: u8 = 0x22;
+const T_PUT_TREE: u8 = 0x23;
+const T_COMMIT: u8 = 0x30;
+const T_COMMITTED: u8 = 0x31;
+
+const MAX_TEXT: usize = 4096;
+const MAX_DER: usize = 16 * 1024;
+
+impl Message {
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::HelloOk { .. } => "hello-ok",
+            Message::Error { .. } => "error",
+            Message::EnrollRequest { .. } => "enroll",
+            Message::Enrolled { .. } => "enrolled",
+            Message::HasChunks { .. } => "has-chunks",
+            Message::Missing { .. } => "missing",
+            Message::PutChunk { .. } => "put-chunk",
+            Message::PutTree { .. } => "put-tree",
+            Message::Commit { .. } => "commit",
+            Message::Committed { .. } => "committed",
+        }
+    }
+
+    pub(crate) fn encode_body(&self, out: &mut Vec<u8>) {
+        let mut w = Writer::new();
+        match self {
+            Message::Hello { version, software } => {
+                w.u8(T_HELLO);
+                w.u16(*version);
+                w.str(software);
+            }
+            Message::HelloOk { version, controller, agent, server_time_ns } => {
+                w.u8(T_HELLO_OK);
+                w.u16(*version);
+                w.str(controller);
+                w.str(agent);
+                w.i64(*server_time_ns);
+            }
+            Message::Error { code, message } => {
+                w.u8(T_ERROR);
+                w.u16(code.to_u16());
+                w.str(message);
+            }
+            Message::EnrollRequest { token, name, csr_der } => {
+                w.u8(T_ENROLL);
+                w.str(token);
+                w.str(name);
+                w.bytes(csr_der);
+            }
+            Message::Enrolled { cert_der, ca_der } => {
+                w.u8(T_ENROLLED);
+                w.bytes(cert_der);
+                w.bytes(ca_der);
+            }
+            Message::HasChunks { ids } | Message::Missing { ids } => {
+                w.u8(if matches!(self, Message::HasChunks { .. }) { T_HAS } else { T_MISSING });
+                w.count(ids.len());
+                for id in ids {
+                    w.raw(id.as_bytes());
+                }
+            }
+            Message::PutChunk { id, raw_len, data } => {
+                // Large payloads go straight into `out`, without an extra copy.
+                out.push(T_PUT_CHUNK);
+                out.extend_from_slice(id.as_bytes());
+                out.extend_from_slice(&raw_len.to_le_bytes());
+                out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                out.extend_from_slice(data);
+                return;
+            }
+            Message::PutTree { id, raw_len, data } => {
+                out.push(T_PUT_TREE);
+                out.extend_from_slice(id.as_bytes());
+                out.extend_from_slice(&raw_len.to_le_bytes());
+                out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                out.extend_from_slice(data);
+                return;
+            }
+            Message::Commit { record } => {
+                w.u8(T_COMMIT);
+                w.bytes(record);
+            }
+            Message::Committed { id, bytes_new, blobs_new } => {
+                w.u8(T_COMMITTED);
+                w.raw(id.as_bytes());
+                w.u64(*bytes_new);
+                w.u64(*blobs_new);
+            }
+        }
+        out.extend_from_slice(&w.into_bytes());
+    }
+
+    pub(crate) fn decode_body(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let t = r.u8("message type")?;
+        let msg = match t {
+            T_HELLO => Message::Hello { version: r.u16("version")?, software: r.str("software", MAX_TEXT)?.into() },
+            T_HELLO_OK => Message::HelloOk {
+                version: r.u16("version")?,
+                controller: r.str("controller", MAX_TEXT)?.into(),
+                agent: r.str("agent", MAX_TEXT)?.into(),
+                server_time_ns: r.i64("server time")?,
+            },
+            T_ERROR => Message::Error {
+                code: ErrorCode::from_u16(r.u16("error code")?),
+                message: r.str("error message", MAX_TEXT)?.into(),
+            },
+            T_ENROLL => Message::EnrollRequest {
+                token: r.str("token", 256)?.into(),
+                name: r.str("name", 256)?.into(),
+                csr_der: r.bytes("csr", MAX_DER)?.to_vec(),
+            },
+            T_ENROLLED => Message::Enrolled {
+                cert_der: r.bytes("certificate", MAX_DER)?.to_vec(),
+                ca_der: r.bytes("ca certificate", MAX_DER)?.to_vec(),
+            },
+            T_HAS | T_MISSING => {
+                let n = r.count("id count", MAX_IDS_PER_QUERY, 32)?;
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ids.push(ChunkId::from_bytes(r.array("chunk id")?));
+                }
+                if t == T_HAS {
+                    Message::HasChunks { ids }
+                } else {
+                    Message::Missing { ids }
+                }
+            }
+            T_PUT_CHUNK => {
+                let id = ChunkId::from_bytes(r.array("chunk id")?);
+                let raw_len = r.u32("chunk length")?;
+                if raw_len == 0 || raw_len > MAX_CHUNK_LEN {
+                    return Err(r.invalid("chunk length", format!("{raw_len} not in 1..={MAX_CHUNK_LEN}")));
+                }
+                let data = r.bytes("chunk data", MAX_FRAME_LEN as usize)?.to_vec();
+                Message::PutChunk { id, raw_len, data }
+            }
+            T_PUT_TREE => {
+                let id = TreeId::from_bytes(r.array("tree id")?);
+                let raw_len = r.u32("tree length")?;
+                if raw_len == 0 || raw_len > MAX_TREE_LEN {
+                    return Err(r.invalid("tree length", format!("{raw_len} not in 1..={MAX_TREE_LEN}")));
+                }
+                let data = r.bytes("tree data", MAX_FRAME_LEN as usize)?.to_vec();
+                Message::PutTree { id, raw_len, data }
+            }
+            T_COMMIT => Message::Commit { record: r.bytes("snapshot record", 1024 * 1024)?.to_vec() },
+            T_COMMITTED => Message::Committed {
+                id: SnapshotId::from_bytes(r.array("snapshot id")?),
+                bytes_new: r.u64("bytes new")?,
+                blobs_new: r.u64("blobs new")?,
+            },
+            other => return Err(r.invalid("message type", format!("unknown type {other:#04x}"))),
+        };
+        r.finish("message")?;
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::frame::{decode, encode};
+    use super::*;
+
+    fn all() -> Vec<Message> {
+        vec![
+            Message::Hello { version: 1, software: "pulih-agent 0.1".into() },
+            Message::HelloOk { version: 1, controller: "drc".into(), agent: "a".into(), server_time_ns: -1 },
+            Message::Error { code: ErrorCode::Integrity, message: "bad".into() },
+            Message::Error { code: ErrorCode::Other(999), message: String::new() },
+            Message::EnrollRequest { token: "t".into(), name: "n".into(), csr_der: vec![1, 2] },
+            Message::Enrolled { cert_der: vec![3], ca_der: vec![4] },
+            Message::HasChunks { ids: vec![ChunkId::of(b"1"), ChunkId::of(b"2")] },
+            Message::Missing { ids: vec![] },
+            Message::PutChunk { id: ChunkId::of(b"x"), raw_len: 5, data: vec![9; 10] },
+            Message::PutTree { id: TreeId::of(b"t"), raw_len: 7, data: vec![8; 3] },
+            Message::Commit { record: vec![1; 20] },
+            Message::Committed { id: SnapshotId::of(b"s"), bytes_new: 5, blobs_new: 2 },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in all() {
+            let mut buf = Vec::new();
+            encode(&m, &mut buf);
+            let (back, used) = decode(&buf).unwrap().unwrap();
+            assert_eq!(back, m);
+            assert_eq!(used, buf.len());
+        }
+    }
+
+    #[test]
+    fn oversized_counts_and_lengths_are_refused() {
+        // A has-chunks claiming 2^32-1 ids in a tiny frame.
+        let body = [T_HAS, 0xff, 0xff, 0xff, 0xff];
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        assert!(decode(&frame).is_err());
+        // A put-chunk declaring a zero or huge plaintext length.
+        for raw in [0u32, MAX_CHUNK_LEN + 1] {
+            let mut body = vec![T_PUT_CHUNK];
+            body.extend_from_slice(&[0; 32]);
+            body.extend_from_slice(&raw.to_le_bytes());
+            body.extend_from_slice(&1u32.to_le_bytes());
+            body.push(0);
+            let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            assert!(decode(&frame).is_err(), "raw_len {raw}");
+        }
+        // Trailing garbage after a valid message.
+        let mut buf = Vec::new();
+        encode(&Message::Missing { ids: vec![] }, &mut buf);
+        buf.push(0);
+        buf[0] += 1;
+        assert!(decode(&buf).is_err());
+    }
+}

@@ -1,1 +1,18 @@
+//! pulih-controller: the Disaster Recovery Centre side of Pulih.
+//!
+//! The controller receives snapshots from agents over mutual TLS
+//! ([`server`], [`session`]), verifies every byte before storing it in a
+//! content-addressed [`store`], records what is durable and committed in the
+//! [`catalog`], and restores ([`restore`]) and verifies ([`verify`]) what it
+//! holds. Its CA ([`pki`]) enrolls agents.
 
+pub mod catalog;
+pub mod config;
+pub mod datadir;
+pub mod pki;
+pub mod reader;
+pub mod restore;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod verify;

@@ -1,1 +1,346 @@
-fn main(){}
+//! `pulih-controller`: the DRC daemon and its local admin commands.
+
+use std::io::IsTerminal;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use pulih_core::{AgentName, TreeId};
+use pulih_controller::catalog::now_secs;
+use pulih_controller::config::DEFAULT_LISTEN;
+use pulih_controller::datadir::DataDir;
+use pulih_controller::pki::Ca;
+use pulih_controller::server::{self, Limits, Server};
+use pulih_controller::verify::Verifier;
+use pulih_controller::{pki, restore};
+use tokio_util::sync::CancellationToken;
+
+/// Pulih controller: receives, verifies, stores and restores replicated data
+/// at the Disaster Recovery Centre.
+#[derive(Parser)]
+#[command(name = "pulih-controller", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct DataDirArg {
+    /// Data directory of the controller (catalog, store, certificates).
+    #[arg(long, env = "PULIH_DATA_DIR", default_value = "/var/lib/pulih")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a new data directory: catalog, store, CA, server certificate, config.
+    Init {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Address agents connect to (IP:PORT).
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: String,
+        /// DNS names or IP addresses of this controller for its certificate
+        /// (127.0.0.1 and localhost are always included). Repeatable.
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Name of this controller in reports.
+        #[arg(long, default_value = "drc")]
+        controller_name: String,
+    },
+    /// Run the server in the foreground until SIGTERM or Ctrl-C.
+    Serve {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Override the listen address of controller.toml.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Print a one-time enrollment token for an agent and the CA fingerprint.
+    EnrollAgent {
+        /// Name the agent will be enrolled under.
+        name: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Output JSON: {"token": ..., "fingerprint": ...}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an agent's certificates; it is refused from its next connection on.
+    RevokeAgent {
+        name: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// List enrolled agents.
+    Agents {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots, oldest first.
+    Snapshots {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        dataset: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot, or a path within it, into a new or empty directory.
+    Restore {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Snapshot id, unique prefix, or `latest`.
+        snapshot: String,
+        /// Destination directory (must not exist or be empty).
+        dest: PathBuf,
+        /// Restore only this path of the snapshot (as on the source host).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        dataset: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read and rehash every blob the given snapshots reach.
+    Verify {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Snapshot ids, prefixes or `latest`.
+        snapshots: Vec<String>,
+        /// Verify every snapshot.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        dataset: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PULIH_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match cli.cmd {
+        Cmd::Init { dir, listen, names, controller_name } => {
+            let dd = DataDir::new(&dir.data_dir);
+            dd.init(&controller_name, &listen, &names)?;
+            let ca = Ca::load(&dd.pki())?;
+            println!("Data directory created: {}", dd.root.display());
+            println!("CA fingerprint: {}", ca.fingerprint());
+            println!("Next: pulih-controller serve --data-dir {}", dd.root.display());
+            println!("      pulih-controller enroll-agent NAME --data-dir {}", dd.root.display());
+        }
+        Cmd::Serve { dir, listen } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let cfg = dd.config()?;
+            let backend = server::open_backend(dd.store()?, dd.catalog()?);
+            let ca = Ca::load(&dd.pki())?;
+            let (chain, key) = pki::load_server(&dd.pki())?;
+            let limits = Limits {
+                max_connections: cfg.limits.max_connections,
+                handshake_timeout: Duration::from_secs(cfg.limits.handshake_timeout_secs),
+                idle_timeout: Duration::from_secs(cfg.limits.idle_timeout_secs),
+            };
+            let server = Arc::new(Server::new(backend, ca, chain, key, cfg.controller.name.clone(), limits)?);
+            let addr = listen.unwrap_or(cfg.controller.listen.clone());
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let listener = server::bind(&addr).await?;
+                let shutdown = CancellationToken::new();
+                let sig = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("installing SIGTERM handler");
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {},
+                        _ = term.recv() => {},
+                        _ = sig.cancelled() => {},
+                    }
+                    tracing::info!("shutting down");
+                    sig.cancel();
+                });
+                server.run(listener, shutdown).await
+            })?;
+        }
+        Cmd::EnrollAgent { name, dir, json } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let agent = AgentName::new(&name)?;
+            let cfg = dd.config()?;
+            let ca = Ca::load(&dd.pki())?;
+            let mut raw = [0u8; 24];
+            getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random token: {e}"))?;
+            let token = format!("pulih-{}", hex::encode(raw));
+            let ttl = cfg.enroll.token_ttl_hours as i64 * 3600;
+            let expires = dd.catalog()?.add_token(&server::token_hash(&token), &agent, ttl)?;
+            if json {
+                println!("{}", serde_json::json!({"token": token, "fingerprint": ca.fingerprint().to_string(), "agent": name, "expires_at": expires}));
+            } else {
+                println!("Agent:        {name}");
+                println!("Token:        {token}");
+                println!("Fingerprint:  {}", ca.fingerprint());
+                println!("Expires:      {}", pulih_controller::catalog::rfc3339_ns(expires * 1_000_000_000));
+                println!();
+                println!("On the agent's host run:");
+                println!(
+                    "  pulih-agent enroll --controller HOST:{} --token {token} --fingerprint {} --name {name}",
+                    cfg.controller.listen.rsplit(':').next().unwrap_or("7443"),
+                    ca.fingerprint()
+                );
+            }
+        }
+        Cmd::RevokeAgent { name, dir } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let agent = AgentName::new(&name)?;
+            let n = dd.catalog()?.revoke_agent(&agent)?;
+            println!("Agent {name} revoked ({n} certificate(s)); it is refused from its next connection on.");
+        }
+        Cmd::Agents { dir, json } => {
+            let agents = DataDir::new(&dir.data_dir).catalog()?.agents()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&agents)?);
+            } else {
+                println!("{:<24} {:<8} LAST SEEN", "AGENT", "STATUS");
+                for a in agents {
+                    let seen = a.last_seen_at.map_or("-".into(), |s| pulih_controller::catalog::rfc3339_ns(s * 1_000_000_000));
+                    println!("{:<24} {:<8} {seen}", a.name, a.status);
+                }
+            }
+        }
+        Cmd::Snapshots { dir, agent, dataset, json } => {
+            let rows = DataDir::new(&dir.data_dir).catalog()?.snapshots(agent.as_deref(), dataset.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<12} {:<16} {:<12} {:<20} {:>8} {:>10} {:>10}", "ID", "AGENT", "DATASET", "TIME", "FILES", "SIZE", "NEW");
+                for r in &rows {
+                    println!(
+                        "{:<12} {:<16} {:<12} {:<20} {:>8} {:>10} {:>10}",
+                        &r.id[..12],
+                        r.agent,
+                        r.dataset,
+                        &r.time[..r.time.len().min(19)],
+                        r.files,
+                        human(r.bytes),
+                        human(r.bytes_new)
+                    );
+                }
+                println!("{} snapshot(s)", rows.len());
+            }
+        }
+        Cmd::Restore { dir, snapshot, dest, path, agent, dataset, json } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let cat = dd.catalog()?;
+            let snap = cat.resolve_snapshot(&snapshot, agent.as_deref(), dataset.as_deref())?;
+            let root: TreeId = snap.root_tree.parse()?;
+            let store = dd.store()?;
+            let sub: Vec<Vec<u8>> = path
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().split(|b| *b == b'/').filter(|c| !c.is_empty()).map(<[u8]>::to_vec).collect())
+                .unwrap_or_default();
+            let started = std::time::Instant::now();
+            let stats = restore::restore(&store, &root, &sub, &dest)
+                .with_context(|| format!("restoring snapshot {} into {}", &snap.id[..12], dest.display()))?;
+            let secs = started.elapsed().as_secs_f64();
+            if json {
+                println!("{}", serde_json::json!({"snapshot": snap.id, "dest": dest, "stats": stats, "seconds": secs}));
+            } else {
+                println!(
+                    "Restored snapshot {} into {}: {} files, {} dirs, {} symlinks, {} hard links, {} in {:.2} s",
+                    &snap.id[..12],
+                    dest.display(),
+                    stats.files,
+                    stats.dirs,
+                    stats.symlinks,
+                    stats.hardlinks,
+                    human(stats.bytes),
+                    secs
+                );
+            }
+        }
+        Cmd::Verify { dir, snapshots, all, agent, dataset, json } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let cat = dd.catalog()?;
+            let targets = if all {
+                cat.snapshots(agent.as_deref(), dataset.as_deref())?
+            } else {
+                if snapshots.is_empty() {
+                    bail!("name the snapshots to verify, or use --all");
+                }
+                snapshots
+                    .iter()
+                    .map(|s| cat.resolve_snapshot(s, agent.as_deref(), dataset.as_deref()))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let store = dd.store()?;
+            let mut v = Verifier::new(&store);
+            let started = now_secs();
+            for s in &targets {
+                v.snapshot(&s.id, &s.root_tree.parse()?).with_context(|| format!("verifying snapshot {}", s.id))?;
+            }
+            let report = v.report;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for d in &report.damage {
+                    println!("DAMAGED snapshot {} path {} {} {}: {}", &d.snapshot[..12], d.path, d.kind, d.id, d.reason);
+                }
+                println!(
+                    "Verified {} snapshot(s): {} trees, {} chunks, {} checked in {} s; {} damaged reference(s)",
+                    report.snapshots,
+                    report.trees_checked,
+                    report.chunks_checked,
+                    human(report.bytes_checked),
+                    now_secs() - started,
+                    report.damage.len()
+                );
+            }
+            if !report.damage.is_empty() {
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -70,6 +70,24 @@ pub fn decompress_exact(frame: &[u8], declared: u64, limit: u32) -> Result<Vec<u
     Ok(out)
 }
 
+/// Decompresses one frame of unknown plaintext length, refusing output
+/// beyond `limit` bytes (F25). The buffer grows with the real output, never
+/// with what the frame header claims.
+pub fn decompress_bounded(frame: &[u8], limit: u32) -> Result<Vec<u8>, CodecError> {
+    use std::io::Read;
+    let corrupt = |reason: String| CodecError::Corrupt { declared: limit.into(), reason };
+    let dec = zstd::stream::read::Decoder::with_buffer(frame).map_err(|e| corrupt(e.to_string()))?;
+    let mut out = Vec::new();
+    dec.single_frame().take(u64::from(limit) + 1).read_to_end(&mut out).map_err(|e| corrupt(e.to_string()))?;
+    if out.len() as u64 > u64::from(limit) {
+        return Err(corrupt(format!("expands beyond {limit} bytes")));
+    }
+    if out.is_empty() {
+        return Err(CodecError::BadLength { declared: 0, limit: limit.into() });
+    }
+    Ok(out)
+}
+
 /// Decodes a chunk blob and checks it against its id (F23, F25-F27).
 pub fn open_chunk(id: &ChunkId, frame: &[u8], declared: u64) -> Result<Vec<u8>, CodecError> {
     let plain = decompress_exact(frame, declared, MAX_CHUNK_LEN)?;
@@ -113,6 +131,14 @@ mod tests {
             decompress_exact(&bomb, u64::from(MAX_CHUNK_LEN) + 1, MAX_CHUNK_LEN),
             Err(CodecError::BadLength { .. })
         ));
+    }
+
+    #[test]
+    fn bounded_decompression_stops_at_the_limit() {
+        let frame = compress(&vec![1u8; 1_000_000], 3);
+        assert_eq!(decompress_bounded(&frame, 1_000_000).unwrap().len(), 1_000_000);
+        assert!(decompress_bounded(&frame, 999_999).is_err());
+        assert!(decompress_bounded(&frame[..frame.len() - 3], 1_000_000).is_err());
     }
 
     /// F24: truncated frames and frames decoding short are refused.

@@ -1,0 +1,137 @@
+//! `controller.toml`: the controller's settings, validated in one step.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// Parsed configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    pub controller: ControllerSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub enroll: EnrollSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerSection {
+    /// Name of this controller, shown to agents and in reports.
+    pub name: String,
+    /// Address the agent listener binds, IP:PORT.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Most agent connections at once.
+    pub max_connections: usize,
+    /// Seconds a TLS handshake may take.
+    pub handshake_timeout_secs: u64,
+    /// Seconds an agent connection may stay silent.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self { max_connections: 64, handshake_timeout_secs: 10, idle_timeout_secs: 300 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollSection {
+    /// Hours an enrollment token stays valid.
+    pub token_ttl_hours: u64,
+}
+
+impl Default for EnrollSection {
+    fn default() -> Self {
+        Self { token_ttl_hours: 24 }
+    }
+}
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
+
+impl ControllerConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.validate().with_context(|| format!("invalid configuration in {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Every problem at once.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if self.controller.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("controller.listen = {:?} is not IP:PORT", self.controller.listen));
+        }
+        if self.controller.name.trim().is_empty() {
+            problems.push("controller.name is empty".to_string());
+        }
+        if self.limits.max_connections == 0 {
+            problems.push("limits.max_connections must be at least 1".into());
+        }
+        if self.limits.handshake_timeout_secs == 0 || self.limits.idle_timeout_secs == 0 {
+            problems.push("limits.*_timeout_secs must be at least 1".into());
+        }
+        if self.enroll.token_ttl_hours == 0 {
+            problems.push("enroll.token_ttl_hours must be at least 1".into());
+        }
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
+        }
+        Ok(())
+    }
+}
+
+/// The commented file `init` writes.
+pub fn template(name: &str, listen: &str) -> String {
+    format!(
+        r#"# Konfigurasi pengendali Pulih / Pulih controller configuration.
+# Kunci yang tidak dikenal ditolak / unknown keys are rejected.
+
+[controller]
+# Nama pengendali ini, tampil di laporan / name of this controller, shown in reports.
+name = "{name}"
+# Alamat dan port untuk agen (IP:PORT) / address and port agents connect to.
+listen = "{listen}"
+
+[limits]
+# Jumlah koneksi agen serentak maksimum / most agent connections at once.
+max_connections = 64
+# Batas waktu jabat tangan TLS, detik / TLS handshake timeout, seconds.
+handshake_timeout_secs = 10
+# Batas diam koneksi agen, detik / seconds an agent connection may stay silent.
+idle_timeout_secs = 300
+
+[enroll]
+# Masa berlaku token pendaftaran, jam / hours an enrollment token stays valid.
+token_ttl_hours = 24
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_and_unknown_keys_are_named() {
+        let cfg: ControllerConfig = toml::from_str(&template("drc", DEFAULT_LISTEN)).unwrap();
+        cfg.validate().unwrap();
+        let bad = template("drc", DEFAULT_LISTEN).replace("max_connections", "max_conections");
+        let err = toml::from_str::<ControllerConfig>(&bad).unwrap_err().to_string();
+        assert!(err.contains("max_conections"), "{err}");
+        let bad = template("drc", "nowhere");
+        let cfg: ControllerConfig = toml::from_str(&bad).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("controller.listen"));
+    }
+}

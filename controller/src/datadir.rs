@@ -1,0 +1,91 @@
+//! The controller's data directory and its layout.
+//!
+//! ```text
+//! DIR/controller.toml   configuration (commented)
+//! DIR/catalog.db        SQLite catalog (WAL)
+//! DIR/store/            content-addressed blobs, see crate::store
+//! DIR/pki/              CA and server certificate, keys 0600
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::catalog::Catalog;
+use crate::config::{self, ControllerConfig};
+use crate::pki::{self, PkiPaths};
+use crate::store::Store;
+
+/// A data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: &Path) -> Self {
+        Self { root: root.to_owned() }
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("controller.toml")
+    }
+    pub fn catalog_path(&self) -> PathBuf {
+        self.root.join("catalog.db")
+    }
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join("store")
+    }
+    pub fn pki(&self) -> PkiPaths {
+        PkiPaths::new(&self.root)
+    }
+
+    /// Creates a new data directory; refuses one that has content.
+    pub fn init(&self, name: &str, listen: &str, names: &[String]) -> Result<()> {
+        if let Ok(mut it) = std::fs::read_dir(&self.root) {
+            if it.next().is_some() {
+                bail!(
+                    "{} already exists and is not empty; refusing to overwrite a data directory",
+                    self.root.display()
+                );
+            }
+        }
+        std::fs::create_dir_all(&self.root).with_context(|| format!("creating {}", self.root.display()))?;
+        let cfg = config::template(name, listen);
+        let parsed: ControllerConfig = toml::from_str(&cfg)?;
+        parsed.validate()?;
+        pki::create(&self.pki(), name, names)?;
+        Store::create(&self.store_path()).context("creating the store")?;
+        Catalog::create(&self.catalog_path(), name).context("creating the catalog")?;
+        std::fs::write(self.config_path(), cfg)?;
+        Ok(())
+    }
+
+    /// Loads the configuration.
+    pub fn config(&self) -> Result<ControllerConfig> {
+        self.check_exists()?;
+        ControllerConfig::load(&self.config_path())
+    }
+
+    /// Opens the catalog.
+    pub fn catalog(&self) -> Result<Catalog> {
+        self.check_exists()?;
+        Catalog::open(&self.catalog_path()).with_context(|| format!("opening {}", self.catalog_path().display()))
+    }
+
+    /// Opens the store.
+    pub fn store(&self) -> Result<Store> {
+        self.check_exists()?;
+        Ok(Store::open(&self.store_path())?)
+    }
+
+    fn check_exists(&self) -> Result<()> {
+        if !self.config_path().exists() {
+            bail!(
+                "{} is not a Pulih data directory (no controller.toml); create one with `pulih-controller init --data-dir {}`",
+                self.root.display(),
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,258 @@
+//! Restore a snapshot (or part of it) into a directory, safely.
+//!
+//! The restore never writes outside its target, whatever the trees say
+//! (F28-F31): every name was validated as a single path component when the
+//! tree was decoded; every directory is created by us and opened with
+//! `O_NOFOLLOW | O_DIRECTORY` relative to its parent's descriptor, files are
+//! created with `O_CREAT | O_EXCL | O_NOFOLLOW`, so a symlink placed in the
+//! target (by the snapshot itself or by a racing local user) is never
+//! followed. Hard links are made only to files this restore created, found
+//! again by walking the same way. Every chunk is verified before it is
+//! written; holes of sparse files are skipped, not written.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use pulih_core::tree::{Entry, Node, Segment};
+use pulih_core::TreeId;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, Timespec, Timestamps, CWD};
+
+use crate::reader::{self, ReadError};
+use crate::store::Store;
+
+/// Deepest directory nesting restored.
+const MAX_DEPTH: usize = 1024;
+
+/// Restore failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("destination {0} exists and is not an empty directory; restore only into a new or empty directory")]
+    DestNotEmpty(String),
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("{path}: {source}")]
+    Read { path: String, source: ReadError },
+    #[error("path {0:?} is not in the snapshot")]
+    NoSuchPath(String),
+    #[error("{0}: directories nested deeper than {MAX_DEPTH}")]
+    TooDeep(String),
+}
+
+/// What a restore did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RestoreStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    pub others: u64,
+    pub bytes: u64,
+}
+
+struct Ctx<'a> {
+    store: &'a Store,
+    root: OwnedFd,
+    owners: bool,
+    /// Hard-link group → path (components) of the first file restored.
+    links: HashMap<u64, Vec<Vec<u8>>>,
+    stats: RestoreStats,
+}
+
+fn show(path: &[Vec<u8>]) -> String {
+    let v: Vec<String> = path.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    format!("/{}", v.join("/"))
+}
+
+fn io_at(path: &[Vec<u8>]) -> impl FnOnce(io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Io { path: show(path), source }
+}
+
+fn ts(ns: i64) -> Timespec {
+    Timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) as _ }
+}
+
+fn times(mtime_ns: i64) -> Timestamps {
+    Timestamps { last_access: ts(mtime_ns), last_modification: ts(mtime_ns) }
+}
+
+/// Opens an existing directory `name` under `dir` without following links.
+fn open_dir_at(dir: impl AsFd, name: &[u8]) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Restores the tree `root` (or the entry at `subpath` within it) into `dest`.
+pub fn restore(store: &Store, root: &TreeId, subpath: &[Vec<u8>], dest: &Path) -> Result<RestoreStats, RestoreError> {
+    let dest_s = dest.display().to_string();
+    match std::fs::read_dir(dest) {
+        Ok(mut it) => {
+            if it.next().is_some() {
+                return Err(RestoreError::DestNotEmpty(dest_s));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dest).map_err(|source| RestoreError::Io { path: dest_s.clone(), source })?;
+        }
+        Err(_) => return Err(RestoreError::DestNotEmpty(dest_s)),
+    }
+    let root_fd = rustix::fs::openat(CWD, dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| RestoreError::Io { path: dest_s.clone(), source: e.into() })?;
+    let owners = rustix::process::geteuid().is_root();
+    let mut ctx = Ctx { store, root: root_fd, owners, links: HashMap::new(), stats: RestoreStats::default() };
+
+    // Find the subtree or entry to restore.
+    let mut tree_id = *root;
+    let mut walked: Vec<Vec<u8>> = Vec::new();
+    for (i, comp) in subpath.iter().enumerate() {
+        let tree = reader::load_tree(store, &tree_id).map_err(|source| RestoreError::Read { path: show(&walked), source })?;
+        let entry = tree.get(comp).ok_or_else(|| RestoreError::NoSuchPath(show(subpath)))?.clone();
+        walked.push(comp.clone());
+        match &entry.node {
+            Node::Dir { tree } => tree_id = *tree,
+            _ if i + 1 == subpath.len() => {
+                // A single non-directory entry: restore it into dest.
+                let dir = ctx.root.try_clone().map_err(io_at(&walked))?;
+                ctx.entry(&dir, &[], &entry, 0)?;
+                return Ok(ctx.stats);
+            }
+            _ => return Err(RestoreError::NoSuchPath(show(subpath))),
+        }
+    }
+    let dir = ctx.root.try_clone().map_err(|source| RestoreError::Io { path: dest_s, source })?;
+    ctx.tree(&dir, &mut Vec::new(), &tree_id, 0)?;
+    Ok(ctx.stats)
+}
+
+impl Ctx<'_> {
+    fn tree(&mut self, dir: &OwnedFd, path: &mut Vec<Vec<u8>>, id: &TreeId, depth: usize) -> Result<(), RestoreError> {
+        if depth > MAX_DEPTH {
+            return Err(RestoreError::TooDeep(show(path)));
+        }
+        let tree = reader::load_tree(self.store, id).map_err(|source| RestoreError::Read { path: show(path), source })?;
+        for entry in tree.entries() {
+            self.entry(dir, path, entry, depth)?;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, dir: &OwnedFd, parent: &[Vec<u8>], e: &Entry, depth: usize) -> Result<(), RestoreError> {
+        let name = OsStr::from_bytes(e.name.as_bytes());
+        let mut path = parent.to_vec();
+        path.push(e.name.as_bytes().to_vec());
+        let mode = Mode::from_raw_mode(e.mode);
+        match &e.node {
+            Node::Dir { tree } => {
+                rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).map_err(|x| io_at(&path)(x.into()))?;
+                let child = open_dir_at(dir, e.name.as_bytes()).map_err(io_at(&path))?;
+                self.tree(&child, &mut path.clone(), tree, depth + 1)?;
+                // Metadata after the children, so their creation does not
+                // change the directory's mtime afterwards.
+                self.own(&child, e, &path)?;
+                rustix::fs::fchmod(&child, mode).map_err(|x| io_at(&path)(x.into()))?;
+                rustix::fs::futimens(&child, &times(e.mtime_ns)).map_err(|x| io_at(&path)(x.into()))?;
+                self.stats.dirs += 1;
+            }
+            Node::File { size, link_group, segments, .. } => {
+                if let Some(first) = link_group.and_then(|g| self.links.get(&g.get())).cloned() {
+                    let (src_dir, src_name) = self.open_parent(&first).map_err(io_at(&first))?;
+                    rustix::fs::linkat(&src_dir, OsStr::from_bytes(&src_name), dir, name, AtFlags::empty())
+                        .map_err(|x| io_at(&path)(x.into()))?;
+                    self.stats.hardlinks += 1;
+                    return Ok(());
+                }
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|x| io_at(&path)(x.into()))?;
+                let mut file = File::from(fd);
+                for seg in segments {
+                    match seg {
+                        Segment::Data { id, len } => {
+                            let data = reader::load_chunk(self.store, id, *len)
+                                .map_err(|source| RestoreError::Read { path: show(&path), source })?;
+                            file.write_all(&data).map_err(io_at(&path))?;
+                        }
+                        Segment::Hole { len } => {
+                            rustix::fs::seek(&file, SeekFrom::Current(*len as i64)).map_err(|x| io_at(&path)(x.into()))?;
+                        }
+                    }
+                }
+                // Trailing holes: extend without writing.
+                file.set_len(*size).map_err(io_at(&path))?;
+                self.own(&file, e, &path)?;
+                rustix::fs::fchmod(&file, mode).map_err(|x| io_at(&path)(x.into()))?;
+                rustix::fs::futimens(&file, &times(e.mtime_ns)).map_err(|x| io_at(&path)(x.into()))?;
+                if let Some(g) = link_group {
+                    self.links.insert(g.get(), path.clone());
+                }
+                self.stats.files += 1;
+                self.stats.bytes += size;
+            }
+            Node::Symlink { target } => {
+                rustix::fs::symlinkat(OsStr::from_bytes(target), dir, name).map_err(|x| io_at(&path)(x.into()))?;
+                if self.owners {
+                    rustix::fs::chownat(
+                        dir,
+                        name,
+                        Some(rustix::fs::Uid::from_raw(e.uid)),
+                        Some(rustix::fs::Gid::from_raw(e.gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|x| io_at(&path)(x.into()))?;
+                }
+                rustix::fs::utimensat(dir, name, &times(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|x| io_at(&path)(x.into()))?;
+                self.stats.symlinks += 1;
+            }
+            Node::Fifo => {
+                rustix::fs::mknodat(dir, name, FileType::Fifo, mode, 0).map_err(|x| io_at(&path)(x.into()))?;
+                if self.owners {
+                    rustix::fs::chownat(
+                        dir,
+                        name,
+                        Some(rustix::fs::Uid::from_raw(e.uid)),
+                        Some(rustix::fs::Gid::from_raw(e.gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|x| io_at(&path)(x.into()))?;
+                }
+                rustix::fs::chmodat(dir, name, mode, AtFlags::empty()).map_err(|x| io_at(&path)(x.into()))?;
+                rustix::fs::utimensat(dir, name, &times(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|x| io_at(&path)(x.into()))?;
+                self.stats.others += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn own(&self, fd: impl AsFd, e: &Entry, path: &[Vec<u8>]) -> Result<(), RestoreError> {
+        if self.owners {
+            rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(e.uid)), Some(rustix::fs::Gid::from_raw(e.gid)))
+                .map_err(|x| io_at(path)(x.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Opens the parent directory of `path` (relative to the restore root)
+    /// component by component, never following a symlink.
+    fn open_parent(&self, path: &[Vec<u8>]) -> io::Result<(OwnedFd, Vec<u8>)> {
+        let (last, dirs) = path.split_last().ok_or_else(|| io::Error::other("empty path"))?;
+        let mut fd = self.root.try_clone()?;
+        for d in dirs {
+            fd = open_dir_at(&fd, d)?;
+        }
+        Ok((fd, last.clone()))
+    }
+}

@@ -1,0 +1,433 @@
+//! The TLS server: accepts agents and enrollments, moves frames, and hands
+//! the work to [`crate::session`] on the blocking pool.
+//!
+//! The ALPN in the ClientHello picks the configuration before the handshake:
+//! `pulih-enroll/1` gets a server that asks for no client certificate and
+//! accepts only an enrollment request; everything else must present a
+//! certificate issued by our CA that the catalog lists as active, or the
+//! handshake fails. Connections are capped by a semaphore, handshakes and
+//! idle reads by timeouts, frames by [`MAX_FRAME_LEN`]. Shutdown is a
+//! [`CancellationToken`]; connection tasks are tracked and awaited.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pulih_core::formats::PROTOCOL_VERSION;
+use pulih_core::protocol::{self, ErrorCode, FrameError, Message, ALPN_ENROLL};
+use pulih_core::tls::{self, ClientCheck, Fingerprint};
+use pulih_core::AgentName;
+use rustls::pki_types::CertificateDer;
+use rustls::server::Acceptor;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::catalog::{Catalog, TokenCheck};
+use crate::pki::{Ca, AGENT_DAYS};
+use crate::session::{Backend, SessionError, UploadSession};
+
+/// Limits of the server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Everything a connection needs.
+pub struct Server {
+    pub backend: Arc<Backend>,
+    pub ca: Ca,
+    pub name: String,
+    pub limits: Limits,
+    agent_cfg: Arc<ServerConfig>,
+    enroll_cfg: Arc<ServerConfig>,
+    fatal: Mutex<Option<String>>,
+}
+
+/// Asks the catalog whether a certificate belongs to an active agent.
+#[derive(Debug)]
+struct CatalogCheck(Arc<Backend>);
+
+impl ClientCheck for CatalogCheck {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), String> {
+        let cat = self.0.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        match cat.agent_for_certificate(&Fingerprint::of(end_entity)) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(why)) => Err(why),
+            Err(e) => Err(format!("catalog unavailable: {e}")),
+        }
+    }
+}
+
+impl Server {
+    /// Builds the TLS configurations.
+    pub fn new(
+        backend: Arc<Backend>,
+        ca: Ca,
+        chain: Vec<CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+        name: String,
+        limits: Limits,
+    ) -> Result<Self> {
+        let check: Arc<dyn ClientCheck> = Arc::new(CatalogCheck(backend.clone()));
+        let agent_cfg = tls::server_config(ca.cert_der.clone(), chain.clone(), key.clone_key(), check)?;
+        let enroll_cfg = tls::enroll_server_config(chain, key)?;
+        Ok(Self {
+            backend,
+            ca,
+            name,
+            limits,
+            agent_cfg: Arc::new(agent_cfg),
+            enroll_cfg: Arc::new(enroll_cfg),
+            fatal: Mutex::new(None),
+        })
+    }
+
+    /// Accepts connections until `shutdown` is cancelled or a fatal store
+    /// error occurs; then waits for connections to finish (bounded).
+    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+        let tracker = TaskTracker::new();
+        let conns = Arc::new(Semaphore::new(self.limits.max_connections));
+        info!(addr = %listener.local_addr()?, "listening");
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = conns.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            let token = shutdown.clone();
+            tracker.spawn(
+                async move {
+                    let _permit = permit;
+                    if let Err(e) = this.clone().connection(stream, token.clone()).await {
+                        debug!(error = %format!("{e:#}"), "connection closed with error");
+                    }
+                    if let Some(why) = this.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                        error!(reason = %why, "fatal store error, stopping");
+                        token.cancel();
+                    }
+                }
+                .instrument(tracing::info_span!("conn", %peer)),
+            );
+        }
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.is_err() {
+            warn!("connections still open after 10 s; closing them");
+        }
+        if let Some(why) = self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            anyhow::bail!("stopped after a fatal store error: {why}");
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, shutdown: CancellationToken) -> Result<()> {
+        let hs = self.limits.handshake_timeout;
+        let start = tokio::time::timeout(hs, LazyConfigAcceptor::new(Acceptor::default(), stream))
+            .await
+            .context("TLS handshake timed out")?
+            .context("reading TLS ClientHello")?;
+        let enroll = start.client_hello().alpn().is_some_and(|mut a| a.any(|p| p == ALPN_ENROLL));
+        let cfg = if enroll { self.enroll_cfg.clone() } else { self.agent_cfg.clone() };
+        let tls = match tokio::time::timeout(hs, start.into_stream(cfg)).await {
+            Err(_) => anyhow::bail!("TLS handshake timed out"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "TLS handshake refused");
+                return Err(e.into());
+            }
+            Ok(Ok(t)) => t,
+        };
+        if enroll {
+            return self.enrollment(tls).await;
+        }
+        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned().context("no client certificate")?;
+        let fp = Fingerprint::of(&cert);
+        let (agent_id, agent) = {
+            let cat = self.backend.catalog.lock().unwrap_or_else(|e| e.into_inner());
+            let found = cat.agent_for_certificate(&fp)?;
+            let found = found.map_err(anyhow::Error::msg)?;
+            cat.touch_agent(found.0)?;
+            found
+        };
+        self.agent_session(tls, agent_id, agent.clone(), shutdown).instrument(tracing::info_span!("agent", name = %agent)).await
+    }
+
+    async fn enrollment<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> Result<()> {
+        let (r, mut w) = tokio::io::split(stream);
+        let mut reader = FrameReader::new(r);
+        let msg = tokio::time::timeout(self.limits.handshake_timeout, reader.next())
+            .await
+            .context("enrollment request timed out")??;
+        let reply = match msg {
+            Some(Message::EnrollRequest { token, name, csr_der }) => match self.enroll(&token, &name, &csr_der).await {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(agent = %name, reason = %e.message, "enrollment refused");
+                    Message::Error { code: e.code, message: e.message }
+                }
+            },
+            Some(other) => Message::Error { code: ErrorCode::Protocol, message: format!("expected an enrollment request, got {}", other.name()) },
+            None => return Ok(()),
+        };
+        write_msg(&mut w, &reply).await?;
+        w.shutdown().await.ok();
+        Ok(())
+    }
+
+    async fn enroll(&self, token: &str, name: &str, csr_der: &[u8]) -> Result<Message, SessionError> {
+        let refuse = |why: String| SessionError::new(ErrorCode::BadToken, why);
+        let agent = AgentName::new(name).map_err(|e| SessionError::new(ErrorCode::Protocol, e.to_string()))?;
+        let hash = token_hash(token);
+        let verdict = self.backend.catalog.lock().unwrap_or_else(|e| e.into_inner()).check_token(&hash, name)?;
+        let bad = match verdict {
+            TokenCheck::Valid => None,
+            TokenCheck::Unknown => Some("unknown enrollment token".to_string()),
+            TokenCheck::Used => Some("this enrollment token was already used; ask for a new one".into()),
+            TokenCheck::Expired => Some("this enrollment token has expired; ask for a new one".into()),
+            TokenCheck::WrongName { expected } => Some(format!("this enrollment token is for agent {expected}, not {name}")),
+        };
+        if let Some(why) = bad {
+            // Slow down guessing (F38); per-source rate limits come with the API.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return Err(refuse(why));
+        }
+        let cert = self
+            .ca
+            .sign_agent(csr_der, &agent, AGENT_DAYS)
+            .map_err(|e| SessionError::new(ErrorCode::Protocol, format!("{e:#}")))?;
+        let info = tls::cert_info(&cert).map_err(|e| SessionError::new(ErrorCode::Protocol, e.to_string()))?;
+        self.backend
+            .catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .complete_enrollment(&hash, &agent, &Fingerprint::of(&cert), &info)
+            .map_err(|e| refuse(e.to_string()))?;
+        info!(agent = %agent, serial = %info.serial, "agent enrolled");
+        Ok(Message::Enrolled { cert_der: cert.to_vec(), ca_der: self.ca.cert_der.to_vec() })
+    }
+
+    async fn agent_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        stream: S,
+        agent_id: i64,
+        agent: String,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let (r, w) = tokio::io::split(stream);
+        let mut reader = FrameReader::new(r);
+        // Answers go through a writer task so that a slow reader on the
+        // agent's side never stops us from reading its frames.
+        let (tx, rx) = mpsc::channel::<Message>(64);
+        let writer = tokio::spawn(writer_task(w, rx));
+        let session = Arc::new(Mutex::new(UploadSession::new(self.backend.clone(), agent_id, agent.clone())));
+        let result = self.session_loop(&mut reader, &tx, session, shutdown, &agent).await;
+        if let Err(e) = &result {
+            let (code, message) = match e.downcast_ref::<SessionError>() {
+                Some(se) => (se.code, se.message.clone()),
+                None => (ErrorCode::Protocol, format!("{e:#}")),
+            };
+            warn!(reason = %message, "session failed");
+            let _ = tx.send(Message::Error { code, message }).await;
+        }
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        result
+    }
+
+    async fn session_loop<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut FrameReader<R>,
+        tx: &mpsc::Sender<Message>,
+        session: Arc<Mutex<UploadSession>>,
+        shutdown: CancellationToken,
+        agent: &str,
+    ) -> Result<()> {
+        let mut greeted = false;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = tx.send(Message::Error { code: ErrorCode::Unavailable, message: "controller is shutting down".into() }).await;
+                    return Ok(());
+                }
+                r = tokio::time::timeout(self.limits.idle_timeout, reader.next()) => r.context("agent idle too long")??,
+            };
+            let Some(msg) = msg else { return Ok(()) };
+            let reply = match msg {
+                Message::Hello { version, software } => {
+                    if version != PROTOCOL_VERSION {
+                        return Err(SessionError::new(
+                            ErrorCode::Version,
+                            format!("protocol version {version} is not supported (controller speaks {PROTOCOL_VERSION}); upgrade the older side"),
+                        )
+                        .into());
+                    }
+                    debug!(%software, "hello");
+                    greeted = true;
+                    Some(Message::HelloOk {
+                        version: PROTOCOL_VERSION,
+                        controller: self.name.clone(),
+                        agent: agent.to_owned(),
+                        server_time_ns: now_ns(),
+                    })
+                }
+                _ if !greeted => {
+                    return Err(SessionError::new(ErrorCode::Protocol, "expected hello first").into());
+                }
+                Message::HasChunks { ids } => {
+                    let missing = self.blocking(&session, move |s| s.missing(&ids)).await?;
+                    Some(Message::Missing { ids: missing })
+                }
+                Message::PutChunk { id, raw_len, data } => {
+                    self.blocking(&session, move |s| s.put_chunk(id, raw_len, data)).await?;
+                    None
+                }
+                Message::PutTree { id, raw_len, data } => {
+                    self.blocking(&session, move |s| s.put_tree(id, raw_len, data)).await?;
+                    None
+                }
+                Message::Commit { record } => {
+                    let (id, bytes_new, blobs_new) = self.blocking(&session, move |s| s.commit(&record)).await?;
+                    Some(Message::Committed { id, bytes_new, blobs_new })
+                }
+                other => {
+                    return Err(SessionError::new(ErrorCode::Protocol, format!("unexpected {} frame from an agent", other.name())).into());
+                }
+            };
+            if let Some(reply) = reply {
+                tx.send(reply).await.context("agent connection closed")?;
+            }
+        }
+    }
+
+    /// Runs session work on the blocking pool; a fatal store error is
+    /// remembered so the server stops (F4).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        session: &Arc<Mutex<UploadSession>>,
+        f: impl FnOnce(&mut UploadSession) -> Result<T, SessionError> + Send + 'static,
+    ) -> Result<T, SessionError> {
+        let s = session.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut guard = s.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| SessionError::new(ErrorCode::Storage, format!("internal error: {e}")))?;
+        if let Err(e) = &res {
+            if e.fatal {
+                *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.message.clone());
+            }
+        }
+        res
+    }
+}
+
+/// blake3 of an enrollment token, as stored in the catalog.
+pub fn token_hash(token: &str) -> String {
+    blake3::hash(token.trim().as_bytes()).to_hex().to_string()
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+async fn writer_task<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Message>) {
+    while let Some(msg) = rx.recv().await {
+        if write_msg(&mut w, &msg).await.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    protocol::encode(msg, &mut buf);
+    w.write_all(&buf).await?;
+    w.flush().await
+}
+
+/// Reads frames from an async stream; the buffer grows only as far as the
+/// announced (and already bounded) frame length.
+pub struct FrameReader<R> {
+    r: R,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(r: R) -> Self {
+        Self { r, buf: Vec::with_capacity(64 * 1024), start: 0 }
+    }
+
+    /// The next message; `None` at a clean end of stream.
+    pub async fn next(&mut self) -> Result<Option<Message>> {
+        loop {
+            let avail = &self.buf[self.start..];
+            match protocol::decode(avail) {
+                Ok(Some((msg, used))) => {
+                    self.start += used;
+                    return Ok(Some(msg));
+                }
+                Ok(None) => {}
+                Err(e @ FrameError::TooLarge { .. }) | Err(e @ FrameError::Empty) => {
+                    return Err(SessionError::new(ErrorCode::Protocol, e.to_string()).into())
+                }
+                Err(e) => return Err(SessionError::new(ErrorCode::Protocol, e.to_string()).into()),
+            }
+            // Compact, then make room for at most the announced frame.
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let want = match protocol::frame::peek_len(&self.buf) {
+                Ok(Some(len)) => 4 + len as usize,
+                _ => 4,
+            };
+            let need = want.saturating_sub(self.buf.len()).clamp(1, 1024 * 1024);
+            self.buf.reserve(need);
+            let n = self.r.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(SessionError::new(
+                    ErrorCode::Protocol,
+                    format!("connection closed inside a frame ({} bytes buffered)", self.buf.len()),
+                )
+                .into());
+            }
+        }
+    }
+}
+
+/// Opens the backend of a data directory.
+pub fn open_backend(store: crate::store::Store, catalog: Catalog) -> Arc<Backend> {
+    Arc::new(Backend { store, catalog: Mutex::new(catalog) })
+}
+
+/// Binds the listen address with a clear error.
+pub async fn bind(addr: &str) -> Result<TcpListener> {
+    let sa: SocketAddr = addr.parse().with_context(|| format!("invalid listen address {addr:?} (expected IP:PORT)"))?;
+    TcpListener::bind(sa).await.with_context(|| format!("cannot listen on {sa}"))
+}

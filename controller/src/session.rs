@@ -1,0 +1,234 @@
+//! One agent's upload session: verify on receipt, stage, checkpoint, commit.
+//!
+//! Everything here is synchronous and is called from `spawn_blocking`; the
+//! async server only moves frames. The session holds the blobs verified
+//! since its last checkpoint (`received`) and those written but not yet
+//! durable (`pending`); a checkpoint syncs the store and records both in the
+//! catalog in one transaction, after which the catalog answers for them. So
+//! a killed upload loses at most the work since its last checkpoint, and the
+//! next attempt resends only that (F11).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use pulih_core::codec::{self, CodecError};
+use pulih_core::formats::{CHUNKER_VERSION, MAX_TREE_LEN};
+use pulih_core::protocol::ErrorCode;
+use pulih_core::snapshot::SnapshotRecord;
+use pulih_core::tree::Tree;
+use pulih_core::{ChunkId, SnapshotId, TreeId};
+use tracing::{debug, info};
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::store::{BlobRef, Store, StoreError};
+
+/// Checkpoint after this many bytes written since the last one.
+pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// Checkpoint after this many blobs verified since the last one.
+pub const CHECKPOINT_BLOBS: usize = 20_000;
+
+/// A refusal or failure, with the code sent to the agent.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SessionError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The store could not sync: the controller must stop (F4).
+    pub fatal: bool,
+}
+
+impl SessionError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), fatal: false }
+    }
+}
+
+impl From<CatalogError> for SessionError {
+    fn from(e: CatalogError) -> Self {
+        Self::new(ErrorCode::Storage, format!("catalog error: {e}"))
+    }
+}
+
+impl From<StoreError> for SessionError {
+    fn from(e: StoreError) -> Self {
+        let fatal = matches!(e, StoreError::Sync { .. });
+        let message = if e.is_disk_full() { format!("controller disk is full: {e}") } else { e.to_string() };
+        Self { code: ErrorCode::Storage, message, fatal }
+    }
+}
+
+/// What the session needs from the controller.
+#[derive(Debug)]
+pub struct Backend {
+    pub store: Store,
+    pub catalog: Mutex<Catalog>,
+}
+
+/// Per-connection upload state.
+#[derive(Debug)]
+pub struct UploadSession {
+    backend: Arc<Backend>,
+    pub agent_id: i64,
+    pub agent: String,
+    received: HashSet<BlobRef>,
+    pending: Vec<(BlobRef, u64, u64)>,
+    pending_bytes: u64,
+    bytes_new: u64,
+    blobs_new: u64,
+}
+
+impl UploadSession {
+    pub fn new(backend: Arc<Backend>, agent_id: i64, agent: String) -> Self {
+        Self {
+            backend,
+            agent_id,
+            agent,
+            received: HashSet::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            bytes_new: 0,
+            blobs_new: 0,
+        }
+    }
+
+    fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        // A poisoned lock means another session panicked mid-call; the
+        // catalog itself is transactional, so continuing is safe.
+        self.backend.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn known(&self, cat: &Catalog, blob: &BlobRef) -> Result<bool, CatalogError> {
+        Ok(self.received.contains(blob) || cat.agent_has(self.agent_id, blob)?)
+    }
+
+    /// The chunks of `ids` this agent has not stored (answer to has-chunks).
+    pub fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, SessionError> {
+        let cat = self.catalog();
+        let mut out = Vec::new();
+        for id in ids {
+            if !self.known(&cat, &BlobRef::chunk(id))? {
+                out.push(*id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Verifies and stages a chunk (F23, F25, F26).
+    pub fn put_chunk(&mut self, id: ChunkId, raw_len: u32, data: Vec<u8>) -> Result<(), SessionError> {
+        codec::open_chunk(&id, &data, raw_len.into()).map_err(|e| integrity("chunk", &id.to_hex(), e))?;
+        self.stage(BlobRef::chunk(&id), raw_len.into(), &data)
+    }
+
+    /// Verifies and stages a tree whose references are all known.
+    pub fn put_tree(&mut self, id: TreeId, raw_len: u32, data: Vec<u8>) -> Result<(), SessionError> {
+        let plain = codec::decompress_exact(&data, raw_len.into(), MAX_TREE_LEN)
+            .map_err(|e| integrity("tree", &id.to_hex(), e))?;
+        let actual = TreeId::of(&plain);
+        if actual != id {
+            return Err(integrity(
+                "tree",
+                &id.to_hex(),
+                CodecError::HashMismatch { expected: id.to_hex(), actual: actual.to_hex() },
+            ));
+        }
+        let tree = Tree::decode(&plain)
+            .map_err(|e| SessionError::new(ErrorCode::Integrity, format!("tree {}: {e}", id.to_hex())))?;
+        let (chunks, trees) = tree.references();
+        {
+            let cat = self.catalog();
+            let refs = chunks.iter().map(BlobRef::chunk).chain(trees.iter().map(BlobRef::tree));
+            for r in refs {
+                if !self.known(&cat, &r)? {
+                    return Err(SessionError::new(
+                        ErrorCode::MissingReference,
+                        format!("tree {} references {} {} that this agent has not stored", id.short(), r.kind.name(), r.hex()),
+                    ));
+                }
+            }
+        }
+        self.stage(BlobRef::tree(&id), raw_len.into(), &data)
+    }
+
+    fn stage(&mut self, blob: BlobRef, raw_len: u64, data: &[u8]) -> Result<(), SessionError> {
+        if self.received.contains(&blob) {
+            return Ok(());
+        }
+        let durable = self.catalog().blob_durable(&blob)?;
+        if !durable {
+            self.backend.store.put_unsynced(&blob, data)?;
+            self.bytes_new += data.len() as u64;
+            self.blobs_new += 1;
+            self.pending_bytes += data.len() as u64;
+        }
+        self.pending.push((blob, raw_len, data.len() as u64));
+        self.received.insert(blob);
+        if self.pending_bytes >= CHECKPOINT_BYTES || self.pending.len() >= CHECKPOINT_BLOBS {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the store and records everything staged so far (F1, F2).
+    pub fn checkpoint(&mut self) -> Result<(), SessionError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.pending_bytes > 0 {
+            self.backend.store.sync()?;
+        }
+        {
+            let mut cat = self.catalog();
+            let tx = cat.transaction()?;
+            Catalog::record_blobs(&tx, self.agent_id, &self.pending)?;
+            tx.commit().map_err(CatalogError::from)?;
+        }
+        debug!(agent = %self.agent, blobs = self.pending.len(), bytes = self.pending_bytes, "checkpoint");
+        self.pending.clear();
+        self.received.clear();
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    /// Commits a snapshot whose root tree is stored (atomic: F6).
+    pub fn commit(&mut self, record_bytes: &[u8]) -> Result<(SnapshotId, u64, u64), SessionError> {
+        let record = SnapshotRecord::decode(record_bytes)
+            .map_err(|e| SessionError::new(ErrorCode::Protocol, format!("invalid snapshot record: {e}")))?;
+        if record.agent.as_str() != self.agent {
+            return Err(SessionError::new(
+                ErrorCode::Forbidden,
+                format!("agent {} may not commit a snapshot for agent {}", self.agent, record.agent),
+            ));
+        }
+        if record.chunker_version != CHUNKER_VERSION {
+            return Err(SessionError::new(
+                ErrorCode::Version,
+                format!("chunker version {} is not supported (expected {CHUNKER_VERSION})", record.chunker_version),
+            ));
+        }
+        let root = BlobRef::tree(&record.root);
+        if !self.known(&self.catalog(), &root)? {
+            return Err(SessionError::new(
+                ErrorCode::MissingReference,
+                format!("root tree {} of the snapshot is not stored for this agent", record.root.short()),
+            ));
+        }
+        self.checkpoint()?;
+        let (id, encoded) = record.encode();
+        self.backend.store.put_snapshot(&id, &encoded)?;
+        let (bytes_new, blobs_new) = (self.bytes_new, self.blobs_new);
+        {
+            let mut cat = self.catalog();
+            let tx = cat.transaction()?;
+            Catalog::insert_snapshot(&tx, self.agent_id, &id, &record, &encoded, bytes_new)?;
+            tx.commit().map_err(CatalogError::from)?;
+        }
+        info!(agent = %self.agent, dataset = %record.dataset, snapshot = %id.short(), files = record.stats.files, bytes_new, "snapshot committed");
+        self.bytes_new = 0;
+        self.blobs_new = 0;
+        Ok((id, bytes_new, blobs_new))
+    }
+}
+
+fn integrity(kind: &str, id: &str, e: CodecError) -> SessionError {
+    SessionError::new(ErrorCode::Integrity, format!("{kind} {id} refused: {e}"))
+}

@@ -1,0 +1,265 @@
+//! The content-addressed blob store at the DRC.
+//!
+//! ```text
+//! store/FORMAT                 "pulih-store 1"
+//! store/chunks/ab/cd/<id>      one zstd frame, plaintext hashes to <id>
+//! store/trees/ab/cd/<id>       one zstd frame of a tree blob
+//! store/snapshots/<id>         canonical snapshot record (uncompressed)
+//! store/tmp/                   writes in progress; emptied at startup
+//! ```
+//!
+//! Durability: a blob is written to `tmp/`, renamed to its final name, and
+//! only *recorded in the catalog* after [`Store::sync`] (syncfs of the whole
+//! store filesystem) returned success. The catalog, not the file system, says
+//! what is durable: a file under a final name that the catalog does not list
+//! may be a torn leftover of a crash (F1, F2) and is overwritten by the next
+//! upload of that id. One syncfs per batch instead of one fsync per blob
+//! keeps small files cheap without ever acknowledging what is not durable.
+//! A failed sync is fatal (F4): the caller stops instead of retrying.
+//!
+//! Snapshot records are few and are written with fsync of file and directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pulih_core::{ChunkId, SnapshotId, TreeId};
+
+/// Kinds of blobs, stored in separate namespaces so a tree can never be
+/// read as a chunk (F21).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlobKind {
+    Chunk = 1,
+    Tree = 2,
+}
+
+impl BlobKind {
+    fn dir(self) -> &'static str {
+        match self {
+            BlobKind::Chunk => "chunks",
+            BlobKind::Tree => "trees",
+        }
+    }
+    /// Catalog code.
+    pub fn code(self) -> i64 {
+        self as i64
+    }
+    /// From a catalog code.
+    pub fn from_code(c: i64) -> Option<Self> {
+        match c {
+            1 => Some(BlobKind::Chunk),
+            2 => Some(BlobKind::Tree),
+            _ => None,
+        }
+    }
+    /// Name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlobKind::Chunk => "chunk",
+            BlobKind::Tree => "tree",
+        }
+    }
+}
+
+/// A blob address: kind and raw 32-byte id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlobRef {
+    pub kind: BlobKind,
+    pub id: [u8; 32],
+}
+
+impl BlobRef {
+    pub fn chunk(id: &ChunkId) -> Self {
+        Self { kind: BlobKind::Chunk, id: *id.as_bytes() }
+    }
+    pub fn tree(id: &TreeId) -> Self {
+        Self { kind: BlobKind::Tree, id: *id.as_bytes() }
+    }
+    pub fn hex(&self) -> String {
+        hex::encode(self.id)
+    }
+}
+
+/// Store failures. `Sync` is fatal for the process (F4).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store at {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("syncing the store at {path} failed: {source}; data written since the last sync may be lost, so the controller stops instead of retrying (F4)")]
+    Sync { path: PathBuf, source: io::Error },
+    #[error("{path} is not a Pulih store (missing or unknown FORMAT file)")]
+    NotAStore { path: PathBuf },
+    #[error("{kind} {id} is missing from the store")]
+    Missing { kind: &'static str, id: String },
+}
+
+impl StoreError {
+    /// Whether the disk is full (reported distinctly to operators).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()))
+    }
+}
+
+const FORMAT: &str = "pulih-store 1\n";
+
+/// The blob store.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    tmp_seq: AtomicU64,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_owned(), source }
+}
+
+impl Store {
+    /// Creates an empty store at `root` (which must not exist or be empty).
+    pub fn create(root: &Path) -> Result<Self, StoreError> {
+        for d in ["chunks", "trees", "snapshots", "tmp"] {
+            fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
+        }
+        let fmt = root.join("FORMAT");
+        write_durable(&fmt, FORMAT.as_bytes())?;
+        Self::open(root)
+    }
+
+    /// Opens an existing store and removes leftovers of interrupted writes.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        match fs::read_to_string(root.join("FORMAT")) {
+            Ok(s) if s == FORMAT => {}
+            _ => return Err(StoreError::NotAStore { path: root.to_owned() }),
+        }
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        for e in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
+            let e = e.map_err(io_err(&tmp))?;
+            let _ = fs::remove_file(e.path());
+        }
+        Ok(Self { root: root.to_owned(), tmp_seq: AtomicU64::new(0) })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Final path of a blob.
+    pub fn blob_path(&self, blob: &BlobRef) -> PathBuf {
+        let h = blob.hex();
+        self.root.join(blob.kind.dir()).join(&h[0..2]).join(&h[2..4]).join(h)
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        self.root.join("tmp").join(format!("{}-{n}", std::process::id()))
+    }
+
+    /// Writes a blob under its final name without syncing; the caller
+    /// records it in the catalog only after [`Store::sync`]. Replaces any
+    /// file already there (the catalog said it is not durable).
+    pub fn put_unsynced(&self, blob: &BlobRef, data: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.tmp_path();
+        let res = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            drop(f);
+            let dest = self.blob_path(blob);
+            match fs::rename(&tmp, &dest) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(dest.parent().expect("blob path has a parent"))?;
+                    fs::rename(&tmp, &dest)
+                }
+                other => other,
+            }
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res.map_err(io_err(&self.root))
+    }
+
+    /// Makes everything written so far durable (syncfs). An error is fatal.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let dir = File::open(&self.root).map_err(io_err(&self.root))?;
+        rustix::fs::syncfs(&dir).map_err(|e| StoreError::Sync { path: self.root.clone(), source: e.into() })
+    }
+
+    /// Reads a blob's stored bytes. A missing or empty file is `Missing`
+    /// (a 0-byte blob is a torn write, F1).
+    pub fn read(&self, blob: &BlobRef) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_path(blob);
+        match fs::read(&path) {
+            Ok(b) if !b.is_empty() => Ok(b),
+            Ok(_) => Err(StoreError::Missing { kind: blob.kind.name(), id: blob.hex() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::Missing { kind: blob.kind.name(), id: blob.hex() })
+            }
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    /// Writes a snapshot record durably (file and directory fsynced).
+    pub fn put_snapshot(&self, id: &SnapshotId, record: &[u8]) -> Result<(), StoreError> {
+        write_durable(&self.root.join("snapshots").join(id.to_hex()), record)
+    }
+
+    /// Reads a snapshot record file.
+    pub fn read_snapshot(&self, id: &SnapshotId) -> Result<Vec<u8>, StoreError> {
+        let p = self.root.join("snapshots").join(id.to_hex());
+        fs::read(&p).map_err(io_err(&p))
+    }
+}
+
+/// temp file → write → fsync → rename → fsync directory.
+fn write_durable(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().expect("durable path has a parent");
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().expect("file name").to_string_lossy()));
+    let res = (|| {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res.map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_read_and_torn_files_count_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("s")).unwrap();
+        let b = BlobRef::chunk(&ChunkId::of(b"x"));
+        assert!(matches!(store.read(&b), Err(StoreError::Missing { .. })));
+        store.put_unsynced(&b, b"frame").unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.read(&b).unwrap(), b"frame");
+        // F1: a 0-byte file left by a crash is absent, and the next put replaces it.
+        fs::write(store.blob_path(&b), b"").unwrap();
+        assert!(matches!(store.read(&b), Err(StoreError::Missing { .. })));
+        store.put_unsynced(&b, b"frame2").unwrap();
+        assert_eq!(store.read(&b).unwrap(), b"frame2");
+    }
+
+    /// F3: leftovers of interrupted writes never sit under a final name and
+    /// are cleared when the store opens.
+    #[test]
+    fn f3_interrupted_writes_are_cleaned_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        Store::create(&root).unwrap();
+        fs::write(root.join("tmp").join("123-0"), b"partial").unwrap();
+        Store::open(&root).unwrap();
+        assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::NotAStore { .. })));
+    }
+}

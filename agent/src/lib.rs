@@ -1,1 +1,15 @@
+//! pulih-agent: snapshots the data of a primary server and replicates it to
+//! the Pulih controller at the Disaster Recovery Centre.
+//!
+//! [`config`] reads `agent.toml`; [`enroll`] obtains the agent's
+//! certificate; [`snapshot`] runs one snapshot through the [`scan`]
+//! pipeline and the [`upload`]er over a [`conn`]ection, using the change
+//! [`cache`] to skip unchanged files.
 
+pub mod cache;
+pub mod config;
+pub mod conn;
+pub mod enroll;
+pub mod scan;
+pub mod snapshot;
+pub mod upload;

@@ -1,1 +1,122 @@
-fn main(){}
+//! `pulih-agent`: enrollment and snapshots on a primary server.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use pulih_agent::config::Settings;
+use pulih_agent::{enroll, snapshot};
+
+/// Pulih agent: protects this server's data by replicating it to the
+/// Disaster Recovery Centre.
+#[derive(Parser)]
+#[command(name = "pulih-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enroll this host: generate a key here, get it certified by the controller,
+    /// write the configuration.
+    Enroll {
+        /// Controller address, HOST:PORT.
+        #[arg(long)]
+        controller: String,
+        /// One-time token from `pulih-controller enroll-agent`.
+        #[arg(long)]
+        token: String,
+        /// CA fingerprint printed with the token.
+        #[arg(long)]
+        fingerprint: String,
+        /// Agent name (as given to enroll-agent).
+        #[arg(long)]
+        name: String,
+        /// State directory (key, certificates, change cache).
+        #[arg(long, default_value = "/var/lib/pulih-agent")]
+        state_dir: PathBuf,
+        /// Configuration file to write.
+        #[arg(long, default_value = "/etc/pulih/agent.toml")]
+        config: PathBuf,
+    },
+    /// Take one snapshot of each dataset (or of one) now.
+    Snapshot {
+        #[arg(long, default_value = "/etc/pulih/agent.toml")]
+        config: PathBuf,
+        /// Only this dataset.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// One JSON object per dataset on standard output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PULIH_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    match cli.cmd {
+        Cmd::Enroll { controller, token, fingerprint, name, state_dir, config } => {
+            enroll::enroll(&controller, &token, &fingerprint, &name, &state_dir, &config)?;
+            println!("Enrolled as {name}. Configuration written to {}.", config.display());
+            println!("Add [[dataset]] tables to it, then run: pulih-agent snapshot --config {}", config.display());
+        }
+        Cmd::Snapshot { config, dataset, json } => {
+            let settings = Settings::load(&config)?;
+            let datasets: Vec<_> = settings.datasets.iter().filter(|d| dataset.as_deref().is_none_or(|n| d.name.as_str() == n)).collect();
+            if datasets.is_empty() {
+                match dataset {
+                    Some(n) => bail!("no dataset named {n:?} in {}", config.display()),
+                    None => bail!("{} defines no [[dataset]]; add one (see the comments in the file)", config.display()),
+                }
+            }
+            let tls = Arc::new(enroll::client_config(&settings)?);
+            let mut failed = 0;
+            for ds in datasets {
+                match snapshot::run(&settings, ds, tls.clone(), !json) {
+                    Ok(o) => {
+                        if json {
+                            println!("{}", serde_json::to_string(&o)?);
+                        } else {
+                            println!(
+                                "{}: snapshot {} — {} files, {:.1} MiB read, {:.1} MiB sent, {:.1} MiB new at the DRC, {} problem(s), {:.2} s",
+                                o.dataset,
+                                &o.id[..12],
+                                o.files,
+                                o.bytes_read as f64 / 1048576.0,
+                                o.bytes_sent as f64 / 1048576.0,
+                                o.bytes_new as f64 / 1048576.0,
+                                o.errors,
+                                o.seconds
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: dataset {}: {e:#}", ds.name);
+                    }
+                }
+            }
+            if failed > 0 {
+                return Ok(std::process::ExitCode::from(1));
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -34,11 +34,14 @@ pub struct LimitsSection {
     pub handshake_timeout_secs: u64,
     /// Seconds an agent connection may stay silent.
     pub idle_timeout_secs: u64,
+    /// MiB an upload may write before the store is synced and what it sent
+    /// is recorded, so an interrupted upload resumes from there.
+    pub checkpoint_mib: u64,
 }
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        Self { max_connections: 64, handshake_timeout_secs: 10, idle_timeout_secs: 300 }
+        Self { max_connections: 64, handshake_timeout_secs: 10, idle_timeout_secs: 300, checkpoint_mib: 64 }
     }
 }
 
@@ -82,6 +85,9 @@ impl ControllerConfig {
         if self.limits.handshake_timeout_secs == 0 || self.limits.idle_timeout_secs == 0 {
             problems.push("limits.*_timeout_secs must be at least 1".into());
         }
+        if self.limits.checkpoint_mib == 0 {
+            problems.push("limits.checkpoint_mib must be at least 1".into());
+        }
         if self.enroll.token_ttl_hours == 0 {
             problems.push("enroll.token_ttl_hours must be at least 1".into());
         }
@@ -111,6 +117,9 @@ max_connections = 64
 handshake_timeout_secs = 10
 # Batas diam koneksi agen, detik / seconds an agent connection may stay silent.
 idle_timeout_secs = 300
+# MiB diterima sebelum disinkronkan ke disk dan dicatat (titik lanjut unggahan)
+# MiB received before the store is synced and recorded (an upload resumes from there).
+checkpoint_mib = 64
 
 [enroll]
 # Masa berlaku token pendaftaran, jam / hours an enrollment token stays valid.

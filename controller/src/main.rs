@@ -161,7 +161,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Cmd::Serve { dir, listen } => {
             let dd = DataDir::new(&dir.data_dir);
             let cfg = dd.config()?;
-            let backend = server::open_backend(dd.store()?, dd.catalog()?);
+            let backend = server::open_backend(dd.store()?, dd.catalog()?, cfg.limits.checkpoint_mib * 1024 * 1024);
             let ca = Ca::load(&dd.pki())?;
             let (chain, key) = pki::load_server(&dd.pki())?;
             let limits = Limits {

@@ -422,8 +422,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 /// Opens the backend of a data directory.
-pub fn open_backend(store: crate::store::Store, catalog: Catalog) -> Arc<Backend> {
-    Arc::new(Backend { store, catalog: Mutex::new(catalog) })
+pub fn open_backend(store: crate::store::Store, catalog: Catalog, checkpoint_bytes: u64) -> Arc<Backend> {
+    Arc::new(Backend { store, catalog: Mutex::new(catalog), checkpoint_bytes })
 }
 
 /// Binds the listen address with a clear error.

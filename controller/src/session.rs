@@ -22,7 +22,7 @@ use tracing::{debug, info};
 use crate::catalog::{Catalog, CatalogError};
 use crate::store::{BlobRef, Store, StoreError};
 
-/// Checkpoint after this many bytes written since the last one.
+/// Default: checkpoint after this many bytes written since the last one.
 pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// Checkpoint after this many blobs verified since the last one.
 pub const CHECKPOINT_BLOBS: usize = 20_000;
@@ -62,6 +62,8 @@ impl From<StoreError> for SessionError {
 pub struct Backend {
     pub store: Store,
     pub catalog: Mutex<Catalog>,
+    /// Checkpoint after this many bytes written since the last one.
+    pub checkpoint_bytes: u64,
 }
 
 /// Per-connection upload state.
@@ -162,7 +164,7 @@ impl UploadSession {
         }
         self.pending.push((blob, raw_len, data.len() as u64));
         self.received.insert(blob);
-        if self.pending_bytes >= CHECKPOINT_BYTES || self.pending.len() >= CHECKPOINT_BLOBS {
+        if self.pending_bytes >= self.backend.checkpoint_bytes || self.pending.len() >= CHECKPOINT_BLOBS {
             self.checkpoint()?;
         }
         Ok(())

@@ -1,0 +1,56 @@
+//! The controller binary's command line: bad input gets a clear error and
+//! nothing existing is overwritten.
+
+use std::process::Command;
+
+fn ctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pulih-controller"))
+}
+
+#[test]
+fn init_refuses_a_non_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("precious"), b"data").unwrap();
+    let out = ctl().args(["init", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read(dir.path().join("precious")).unwrap(), b"data");
+}
+
+#[test]
+fn commands_on_a_non_data_directory_explain() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ctl().args(["snapshots", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a Pulih data directory"));
+}
+
+#[test]
+fn bad_names_and_ids_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("drc");
+    assert!(ctl().args(["init", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&d).status().unwrap().success());
+    let out = ctl().args(["enroll-agent", "../etc", "--data-dir"]).arg(&d).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid agent name"));
+    let out = ctl().args(["restore", "zz", "/tmp/never", "--data-dir"]).arg(&d).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a snapshot id"));
+    let out = ctl().args(["verify", "--data-dir"]).arg(&d).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
+}
+
+#[test]
+fn wrong_config_key_stops_serve_with_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("drc");
+    assert!(ctl().args(["init", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&d).status().unwrap().success());
+    let cfg = d.join("controller.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("idle_timeout_secs", "idle_timeout_sec");
+    std::fs::write(&cfg, text).unwrap();
+    let out = ctl().args(["serve", "--data-dir"]).arg(&d).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("idle_timeout_sec") && err.contains("controller.toml"), "{err}");
+}

@@ -166,7 +166,11 @@ impl DirRecord {
         }
         r.finish("record")?;
         if entries.windows(2).any(|w| w[0].name >= w[1].name) {
-            return Err(DecodeError { what: "record", at: 0, problem: pulih_core::enc::Problem::Invalid("unsorted".into()) });
+            return Err(DecodeError {
+                what: "record",
+                at: 0,
+                problem: pulih_core::enc::Problem::Invalid("unsorted".into()),
+            });
         }
         Ok(Self { tree, entries })
     }
@@ -218,7 +222,9 @@ impl PackReader {
         let n = r.count("table", u32::MAX, 44).map_err(|e| damaged(&e.to_string()))?;
         let mut table = Vec::with_capacity(n);
         for _ in 0..n {
-            let parse = |r: &mut Reader| -> Result<_, DecodeError> { Ok((r.array::<32>("key")?, r.u64("off")?, r.u32("len")?)) };
+            let parse = |r: &mut Reader| -> Result<_, DecodeError> {
+                Ok((r.array::<32>("key")?, r.u64("off")?, r.u32("len")?))
+            };
             let (k, off, l) = parse(&mut r).map_err(|e| damaged(&e.to_string()))?;
             if off + u64::from(l) > footer_off {
                 return Err(damaged("record outside the pack"));
@@ -285,7 +291,7 @@ impl PackWriter {
     /// [`PendingPack::install`] after the snapshot is committed.
     pub fn finish(mut self, root: [u8; 32]) -> Result<PendingPack, CacheError> {
         let io_err = |source| CacheError::Io { path: self.tmp.clone(), source };
-        self.table.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.table.sort_unstable_by_key(|a| a.0);
         let mut w = Writer::new();
         w.count(self.table.len());
         for (k, off, len) in &self.table {

@@ -127,7 +127,8 @@ pub struct Settings {
 impl Settings {
     /// Reads, validates and resolves a configuration file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading configuration {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading configuration {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("invalid configuration {}", path.display()))
     }
 
@@ -139,7 +140,11 @@ impl Settings {
         if !raw.agent.state_dir.is_absolute() {
             problems.push(format!("agent.state_dir {:?} must be an absolute path", raw.agent.state_dir));
         }
-        let host = raw.controller.address.rsplit_once(':').map(|(h, p)| (h.trim_matches(['[', ']']).to_string(), p.parse::<u16>()));
+        let host = raw
+            .controller
+            .address
+            .rsplit_once(':')
+            .map(|(h, p)| (h.trim_matches(['[', ']']).to_string(), p.parse::<u16>()));
         let server_name = match (&host, &raw.controller.server_name) {
             (Some((_, Err(_))), _) | (None, _) => {
                 problems.push(format!("controller.address {:?} must be HOST:PORT", raw.controller.address));
@@ -283,7 +288,15 @@ paths = ["rel", "/a", "/a/b"]
 exclude = ["[bad"]
 "#;
         let err = format!("{:#}", Settings::parse(t).unwrap_err());
-        for needle in ["agent.name", "state_dir", "HOST:PORT", "compression_level", "must be absolute", "overlap", "exclude pattern"] {
+        for needle in [
+            "agent.name",
+            "state_dir",
+            "HOST:PORT",
+            "compression_level",
+            "must be absolute",
+            "overlap",
+            "exclude pattern",
+        ] {
             assert!(err.contains(needle), "missing {needle}: {err}");
         }
     }

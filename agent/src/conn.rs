@@ -149,8 +149,20 @@ impl Conn {
 
     /// Exchanges hellos; returns the controller's name and its clock.
     pub fn hello(&mut self) -> Result<(String, i64), ConnError> {
-        self.send(&Message::Hello { version: PROTOCOL_VERSION, software: format!("pulih-agent {}", env!("CARGO_PKG_VERSION")) })?;
-        match self.recv()? {
+        use std::io;
+        self.send(&Message::Hello {
+            version: PROTOCOL_VERSION,
+            software: format!("pulih-agent {}", env!("CARGO_PKG_VERSION")),
+        })?;
+        // In TLS 1.3 the server judges our certificate after the client
+        // finished its handshake: a refusal arrives as an alert here.
+        let answer = self.recv().map_err(|e| match e {
+            ConnError::Io(io) if io.kind() == io::ErrorKind::InvalidData => ConnError::Protocol(format!(
+                "the controller refused this agent's certificate ({io}); it may be revoked, expired or not issued by this controller: ask the DR coordinator"
+            )),
+            other => other,
+        })?;
+        match answer {
             Message::HelloOk { controller, server_time_ns, .. } => Ok((controller, server_time_ns)),
             other => Err(ConnError::Protocol(format!("expected hello-ok, got {}", other.name()))),
         }

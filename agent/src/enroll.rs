@@ -18,11 +18,21 @@ use crate::config::{self, Settings};
 use crate::conn::Conn;
 
 /// Enrolls this host and writes its state and configuration.
-pub fn enroll(controller: &str, token: &str, fingerprint: &str, name: &str, state_dir: &Path, config_path: &Path) -> Result<()> {
+pub fn enroll(
+    controller: &str,
+    token: &str,
+    fingerprint: &str,
+    name: &str,
+    state_dir: &Path,
+    config_path: &Path,
+) -> Result<()> {
     let agent = AgentName::new(name)?;
     let fp = Fingerprint::parse(fingerprint)?;
     if config_path.exists() {
-        bail!("{} already exists; refusing to overwrite a configuration (move it away to enroll again)", config_path.display());
+        bail!(
+            "{} already exists; refusing to overwrite a configuration (move it away to enroll again)",
+            config_path.display()
+        );
     }
     if !state_dir.is_absolute() {
         bail!("--state-dir must be an absolute path");
@@ -45,7 +55,11 @@ pub fn enroll(controller: &str, token: &str, fingerprint: &str, name: &str, stat
 
     let cfg = Arc::new(tls::enroll_client_config(fp)?);
     let mut conn = Conn::connect(controller, &settings.server_name, cfg)?;
-    conn.send(&Message::EnrollRequest { token: token.trim().to_owned(), name: agent.to_string(), csr_der: csr.der().to_vec() })?;
+    conn.send(&Message::EnrollRequest {
+        token: token.trim().to_owned(),
+        name: agent.to_string(),
+        csr_der: csr.der().to_vec(),
+    })?;
     let (cert_der, ca_der) = match conn.recv()? {
         Message::Enrolled { cert_der, ca_der } => (cert_der, ca_der),
         other => bail!("unexpected answer to enrollment: {}", other.name()),

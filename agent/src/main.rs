@@ -79,11 +79,14 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Cmd::Snapshot { config, dataset, json } => {
             let settings = Settings::load(&config)?;
-            let datasets: Vec<_> = settings.datasets.iter().filter(|d| dataset.as_deref().is_none_or(|n| d.name.as_str() == n)).collect();
+            let datasets: Vec<_> =
+                settings.datasets.iter().filter(|d| dataset.as_deref().is_none_or(|n| d.name.as_str() == n)).collect();
             if datasets.is_empty() {
                 match dataset {
                     Some(n) => bail!("no dataset named {n:?} in {}", config.display()),
-                    None => bail!("{} defines no [[dataset]]; add one (see the comments in the file)", config.display()),
+                    None => {
+                        bail!("{} defines no [[dataset]]; add one (see the comments in the file)", config.display())
+                    }
                 }
             }
             let tls = Arc::new(enroll::client_config(&settings)?);

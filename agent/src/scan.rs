@@ -145,10 +145,20 @@ pub fn scan(p: ScanParams<'_>) -> Result<ScanOutput, ScanError> {
     std::thread::scope(|s| -> Result<ScanOutput, ScanError> {
         let mut workers = Vec::new();
         for _ in 0..threads.max(1) {
-            let (rx, ev, it, pr, ab, seen, iss) =
-                (job_rx.clone(), ev_tx.clone(), items.clone(), progress.clone(), abort.clone(), seen.clone(), issues.clone());
+            let (rx, ev, it, pr, ab, seen, iss) = (
+                job_rx.clone(),
+                ev_tx.clone(),
+                items.clone(),
+                progress.clone(),
+                abort.clone(),
+                seen.clone(),
+                issues.clone(),
+            );
             workers.push(s.spawn(move || worker(rx, ev, it, level, pr, ab, seen, iss)));
         }
+        // Only the workers may hold the job receiver: if they all stop, the
+        // walker's next send fails instead of blocking forever.
+        drop(job_rx);
         let assembler = {
             let (it, ab) = (items.clone(), abort.clone());
             s.spawn(move || assemble(ev_rx, it, pack, ab))
@@ -264,7 +274,10 @@ impl Walker<'_> {
         for p in paths {
             let meta = std::fs::symlink_metadata(p).map_err(|source| ScanError::Root { path: p.clone(), source })?;
             if !meta.is_dir() && !meta.is_file() {
-                return Err(ScanError::Root { path: p.clone(), source: io::Error::other("is neither a directory nor a file") });
+                return Err(ScanError::Root {
+                    path: p.clone(),
+                    source: io::Error::other("is neither a directory nor a file"),
+                });
             }
             let mut node = &mut trie;
             for c in p.components().skip(1) {
@@ -296,8 +309,10 @@ impl Walker<'_> {
         self.send(Event::DirStart { id, parent, slots: trie.children.len(), template, old_tree })?;
         for (slot, (name, child)) in trie.children.iter().enumerate() {
             let child_path = path.join(OsStr::from_bytes(name));
-            let meta = std::fs::symlink_metadata(&child_path).map_err(|source| ScanError::Root { path: child_path.clone(), source })?;
-            let ename = EntryName::new(name.clone()).map_err(|e| ScanError::Root { path: child_path.clone(), source: io::Error::other(e) })?;
+            let meta = std::fs::symlink_metadata(&child_path)
+                .map_err(|source| ScanError::Root { path: child_path.clone(), source })?;
+            let ename = EntryName::new(name.clone())
+                .map_err(|e| ScanError::Root { path: child_path.clone(), source: io::Error::other(e) })?;
             if child.leaf {
                 self.entry(&child_path, ename, meta, (id, slot), old)?;
             } else {
@@ -368,7 +383,14 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn entry(&mut self, path: &Path, name: EntryName, m: Metadata, slot: Slot, old: Option<&DirRecord>) -> Result<(), ScanError> {
+    fn entry(
+        &mut self,
+        path: &Path,
+        name: EntryName,
+        m: Metadata,
+        slot: Slot,
+        old: Option<&DirRecord>,
+    ) -> Result<(), ScanError> {
         let ft = m.file_type();
         let prev = old.and_then(|o| o.get(name.as_bytes()));
         if ft.is_dir() {
@@ -392,7 +414,12 @@ impl Walker<'_> {
             if let Some(CacheEntry { kind: CacheKind::File { flags, segments }, .. }) = unchanged {
                 self.progress.files.fetch_add(1, Ordering::Relaxed);
                 self.progress.bytes.fetch_add(m.size(), Ordering::Relaxed);
-                let node = Node::File { size: m.size(), link_group: link_group(&m), flags: *flags, segments: segments.clone() };
+                let node = Node::File {
+                    size: m.size(),
+                    link_group: link_group(&m),
+                    flags: *flags,
+                    segments: segments.clone(),
+                };
                 let cache = cache_of(&name, &m, CacheKind::File { flags: *flags, segments: segments.clone() });
                 Some(Done { entry: entry_of(name, &m, node), cache: Some(cache) })
             } else {
@@ -411,7 +438,9 @@ impl Walker<'_> {
             }
         } else if ft.is_symlink() {
             match std::fs::read_link(path) {
-                Ok(t) if !t.as_os_str().is_empty() && t.as_os_str().len() <= pulih_core::formats::MAX_LINK_TARGET_LEN => {
+                Ok(t)
+                    if !t.as_os_str().is_empty() && t.as_os_str().len() <= pulih_core::formats::MAX_LINK_TARGET_LEN =>
+                {
                     self.progress.symlinks.fetch_add(1, Ordering::Relaxed);
                     let node = Node::Symlink { target: t.as_os_str().as_bytes().to_vec() };
                     Some(Done { entry: entry_of(name, &m, node), cache: None })
@@ -616,7 +645,12 @@ struct PendingDir {
 
 type Assembled = Option<Result<(TreeId, PendingPack), ScanError>>;
 
-fn assemble(events: Receiver<Event>, items: SyncSender<Item>, mut pack: PackWriter, abort: Arc<AtomicBool>) -> Assembled {
+fn assemble(
+    events: Receiver<Event>,
+    items: SyncSender<Item>,
+    mut pack: PackWriter,
+    abort: Arc<AtomicBool>,
+) -> Assembled {
     let mut dirs: HashMap<usize, PendingDir> = HashMap::new();
     let mut sent_trees: HashSet<TreeId> = HashSet::new();
     let mut root: Option<(TreeId, [u8; 32])> = None;

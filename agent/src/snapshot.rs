@@ -64,7 +64,10 @@ pub fn run(settings: &Settings, ds: &Dataset, tls: Arc<rustls::ClientConfig>, pr
             }
             Err(e) => {
                 let conn = e.downcast_ref::<ConnError>();
-                let missing = matches!(conn, Some(ConnError::Refused { code: ErrorCode::MissingReference | ErrorCode::Integrity, .. }));
+                let missing = matches!(
+                    conn,
+                    Some(ConnError::Refused { code: ErrorCode::MissingReference | ErrorCode::Integrity, .. })
+                );
                 let temporary = conn.is_some_and(ConnError::is_temporary);
                 if attempt as usize > BACKOFF.len() || !(temporary || missing) {
                     return Err(e);
@@ -81,7 +84,13 @@ pub fn run(settings: &Settings, ds: &Dataset, tls: Arc<rustls::ClientConfig>, pr
     }
 }
 
-fn once(settings: &Settings, ds: &Dataset, tls: Arc<rustls::ClientConfig>, use_cache: bool, bar: bool) -> Result<Outcome> {
+fn once(
+    settings: &Settings,
+    ds: &Dataset,
+    tls: Arc<rustls::ClientConfig>,
+    use_cache: bool,
+    bar: bool,
+) -> Result<Outcome> {
     let started = Instant::now();
     let started_ns = now_ns();
     let pack_path = settings.cache_dir().join(format!("{}.pack", ds.name));
@@ -202,7 +211,9 @@ impl ProgressDisplay {
             let tty = bar && std::io::stderr().is_terminal();
             let pb = tty.then(|| {
                 let pb = indicatif::ProgressBar::new_spinner();
-                pb.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"));
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
+                );
                 pb
             });
             let mut last_log = Instant::now();

@@ -55,7 +55,14 @@ enum Pending {
 
 /// Uploads everything received on `rx` until it closes.
 pub fn run(conn: &mut Conn, rx: Receiver<Item>) -> Result<UploadStats, ConnError> {
-    let mut up = Uploader { conn, queue: VecDeque::new(), batch: Vec::new(), held: 0, queries: 0, stats: UploadStats::default() };
+    let mut up = Uploader {
+        conn,
+        queue: VecDeque::new(),
+        batch: Vec::new(),
+        held: 0,
+        queries: 0,
+        stats: UploadStats::default(),
+    };
     loop {
         if up.queries >= MAX_QUERIES || up.held >= WINDOW_BYTES {
             up.read_answer()?;
@@ -123,7 +130,9 @@ impl Uploader<'_> {
     fn read_answer(&mut self) -> Result<(), ConnError> {
         let ids = match self.conn.recv()? {
             Message::Missing { ids } => ids,
-            other => return Err(ConnError::Protocol(format!("expected a missing-chunks answer, got {}", other.name()))),
+            other => {
+                return Err(ConnError::Protocol(format!("expected a missing-chunks answer, got {}", other.name())))
+            }
         };
         let batch = self
             .queue

@@ -33,7 +33,8 @@ fn missing_config_file_is_named() {
 fn config_without_datasets_says_what_to_add() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(&cfg, "[agent]\nname = \"web\"\nstate_dir = \"/tmp/x\"\n[controller]\naddress = \"127.0.0.1:1\"\n").unwrap();
+    std::fs::write(&cfg, "[agent]\nname = \"web\"\nstate_dir = \"/tmp/x\"\n[controller]\naddress = \"127.0.0.1:1\"\n")
+        .unwrap();
     let out = agent().args(["snapshot", "--config"]).arg(&cfg).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("[[dataset]]"));

@@ -283,7 +283,10 @@ impl Catalog {
     }
 
     /// The active agent a certificate belongs to, or why it is refused.
-    pub fn agent_for_certificate(&self, fingerprint: &Fingerprint) -> Result<Result<(i64, String), String>, CatalogError> {
+    pub fn agent_for_certificate(
+        &self,
+        fingerprint: &Fingerprint,
+    ) -> Result<Result<(i64, String), String>, CatalogError> {
         let row: Option<(i64, String, String, Option<i64>)> = self
             .conn
             .query_row(
@@ -298,6 +301,14 @@ impl Catalog {
             Some((_, name, status, None)) if status != "active" => Err(format!("agent {name} is {status}")),
             Some((id, name, _, None)) => Ok((id, name)),
         })
+    }
+
+    /// The agent's name if it is active.
+    pub fn agent_active(&self, agent_id: i64) -> Result<Option<String>, CatalogError> {
+        Ok(self
+            .conn
+            .query_row("SELECT name FROM agents WHERE id = ?1 AND status = 'active'", [agent_id], |r| r.get(0))
+            .optional()?)
     }
 
     /// Revokes an agent and all its certificates. Returns how many
@@ -345,12 +356,17 @@ impl Catalog {
 
     /// Whether `agent_id` owns a durable blob.
     pub fn agent_has(&self, agent_id: i64, blob: &BlobRef) -> Result<bool, CatalogError> {
-        let mut st = self.conn.prepare_cached("SELECT 1 FROM agent_blobs WHERE agent_id = ?1 AND kind = ?2 AND id = ?3")?;
+        let mut st =
+            self.conn.prepare_cached("SELECT 1 FROM agent_blobs WHERE agent_id = ?1 AND kind = ?2 AND id = ?3")?;
         Ok(st.exists(params![agent_id, blob.kind.code(), &blob.id[..]])?)
     }
 
     /// Records synced blobs and the agent's ownership of them.
-    pub fn record_blobs(tx: &Transaction<'_>, agent_id: i64, blobs: &[(BlobRef, u64, u64)]) -> Result<(), CatalogError> {
+    pub fn record_blobs(
+        tx: &Transaction<'_>,
+        agent_id: i64,
+        blobs: &[(BlobRef, u64, u64)],
+    ) -> Result<(), CatalogError> {
         let now = now_secs();
         let mut b = tx.prepare_cached(
             "INSERT OR IGNORE INTO blobs (kind, id, raw_len, stored_len, stored_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -450,7 +466,12 @@ impl Catalog {
 
     /// Resolves a full id, a unique prefix, or `latest` (optionally within
     /// an agent and dataset) to one snapshot.
-    pub fn resolve_snapshot(&self, spec: &str, agent: Option<&str>, dataset: Option<&str>) -> Result<SnapshotRow, CatalogError> {
+    pub fn resolve_snapshot(
+        &self,
+        spec: &str,
+        agent: Option<&str>,
+        dataset: Option<&str>,
+    ) -> Result<SnapshotRow, CatalogError> {
         let all = self.snapshots(agent, dataset)?;
         if spec == "latest" {
             return all.into_iter().last().ok_or_else(|| CatalogError::NotFound("no snapshot matches (latest)".into()));
@@ -482,7 +503,8 @@ impl Catalog {
     /// Number of blobs of each kind recorded as durable.
     pub fn blob_counts(&self) -> Result<(u64, u64), CatalogError> {
         let count = |k: BlobKind| -> Result<u64, CatalogError> {
-            Ok(self.conn.query_row("SELECT count(*) FROM blobs WHERE kind = ?1", [k.code()], |r| r.get::<_, i64>(0))? as u64)
+            Ok(self.conn.query_row("SELECT count(*) FROM blobs WHERE kind = ?1", [k.code()], |r| r.get::<_, i64>(0))?
+                as u64)
         };
         Ok((count(BlobKind::Chunk)?, count(BlobKind::Tree)?))
     }

@@ -50,6 +50,8 @@ impl DataDir {
             }
         }
         std::fs::create_dir_all(&self.root).with_context(|| format!("creating {}", self.root.display()))?;
+        // Backup data of every agency: readable by the controller's user only.
+        std::fs::set_permissions(&self.root, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let cfg = config::template(name, listen);
         let parsed: ControllerConfig = toml::from_str(&cfg)?;
         parsed.validate()?;

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use pulih_core::{AgentName, TreeId};
 use pulih_controller::catalog::now_secs;
 use pulih_controller::config::DEFAULT_LISTEN;
 use pulih_controller::datadir::DataDir;
@@ -16,6 +15,7 @@ use pulih_controller::pki::Ca;
 use pulih_controller::server::{self, Limits, Server};
 use pulih_controller::verify::Verifier;
 use pulih_controller::{pki, restore};
+use pulih_core::{AgentName, TreeId};
 use tokio_util::sync::CancellationToken;
 
 /// Pulih controller: receives, verifies, stores and restores replicated data
@@ -131,9 +131,7 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PULIH_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PULIH_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -201,7 +199,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let ttl = cfg.enroll.token_ttl_hours as i64 * 3600;
             let expires = dd.catalog()?.add_token(&server::token_hash(&token), &agent, ttl)?;
             if json {
-                println!("{}", serde_json::json!({"token": token, "fingerprint": ca.fingerprint().to_string(), "agent": name, "expires_at": expires}));
+                println!(
+                    "{}",
+                    serde_json::json!({"token": token, "fingerprint": ca.fingerprint().to_string(), "agent": name, "expires_at": expires})
+                );
             } else {
                 println!("Agent:        {name}");
                 println!("Token:        {token}");
@@ -229,7 +230,8 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             } else {
                 println!("{:<24} {:<8} LAST SEEN", "AGENT", "STATUS");
                 for a in agents {
-                    let seen = a.last_seen_at.map_or("-".into(), |s| pulih_controller::catalog::rfc3339_ns(s * 1_000_000_000));
+                    let seen =
+                        a.last_seen_at.map_or("-".into(), |s| pulih_controller::catalog::rfc3339_ns(s * 1_000_000_000));
                     println!("{:<24} {:<8} {seen}", a.name, a.status);
                 }
             }
@@ -239,7 +241,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<12} {:<16} {:<12} {:<20} {:>8} {:>10} {:>10}", "ID", "AGENT", "DATASET", "TIME", "FILES", "SIZE", "NEW");
+                println!(
+                    "{:<12} {:<16} {:<12} {:<20} {:>8} {:>10} {:>10}",
+                    "ID", "AGENT", "DATASET", "TIME", "FILES", "SIZE", "NEW"
+                );
                 for r in &rows {
                     println!(
                         "{:<12} {:<16} {:<12} {:<20} {:>8} {:>10} {:>10}",
@@ -263,7 +268,14 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let store = dd.store()?;
             let sub: Vec<Vec<u8>> = path
                 .as_ref()
-                .map(|p| p.as_os_str().as_bytes().split(|b| *b == b'/').filter(|c| !c.is_empty()).map(<[u8]>::to_vec).collect())
+                .map(|p| {
+                    p.as_os_str()
+                        .as_bytes()
+                        .split(|b| *b == b'/')
+                        .filter(|c| !c.is_empty())
+                        .map(<[u8]>::to_vec)
+                        .collect()
+                })
                 .unwrap_or_default();
             let started = std::time::Instant::now();
             let stats = restore::restore(&store, &root, &sub, &dest)
@@ -310,7 +322,14 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 for d in &report.damage {
-                    println!("DAMAGED snapshot {} path {} {} {}: {}", &d.snapshot[..12], d.path, d.kind, d.id, d.reason);
+                    println!(
+                        "DAMAGED snapshot {} path {} {} {}: {}",
+                        &d.snapshot[..12],
+                        d.path,
+                        d.kind,
+                        d.id,
+                        d.reason
+                    );
                 }
                 println!(
                     "Verified {} snapshot(s): {} trees, {} chunks, {} checked in {} s; {} damaged reference(s)",

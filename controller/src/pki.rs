@@ -102,7 +102,9 @@ pub fn create(paths: &PkiPaths, controller_name: &str, names: &[String]) -> Resu
     for n in names {
         match n.parse::<IpAddr>() {
             Ok(ip) => sans.push(SanType::IpAddress(ip)),
-            Err(_) => sans.push(SanType::DnsName(n.clone().try_into().with_context(|| format!("invalid DNS name {n:?}"))?)),
+            Err(_) => {
+                sans.push(SanType::DnsName(n.clone().try_into().with_context(|| format!("invalid DNS name {n:?}"))?))
+            }
         }
     }
     if !names.iter().any(|n| n == "localhost") {
@@ -189,7 +191,8 @@ impl Ca {
 pub fn load_server(paths: &PkiPaths) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let server = CertificateDer::from_pem_file(paths.server_cert())
         .with_context(|| format!("reading {}", paths.server_cert().display()))?;
-    let ca = CertificateDer::from_pem_file(paths.ca_cert()).with_context(|| format!("reading {}", paths.ca_cert().display()))?;
+    let ca = CertificateDer::from_pem_file(paths.ca_cert())
+        .with_context(|| format!("reading {}", paths.ca_cert().display()))?;
     let key = PrivateKeyDer::from_pem_file(paths.server_key())
         .with_context(|| format!("reading {}", paths.server_key().display()))?;
     Ok((vec![server, ca], key))

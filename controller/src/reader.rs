@@ -23,15 +23,21 @@ impl ReadError {
     /// Whether the object is missing or damaged (as opposed to an I/O error
     /// of the store as a whole).
     pub fn is_damage(&self) -> bool {
-        matches!(self, ReadError::Damaged { .. } | ReadError::BadTree { .. } | ReadError::Store(StoreError::Missing { .. }))
+        matches!(
+            self,
+            ReadError::Damaged { .. } | ReadError::BadTree { .. } | ReadError::Store(StoreError::Missing { .. })
+        )
     }
 }
 
 /// Loads and verifies a tree.
 pub fn load_tree(store: &Store, id: &TreeId) -> Result<Tree, ReadError> {
     let frame = store.read(&BlobRef::tree(id))?;
-    let plain = codec::decompress_bounded(&frame, MAX_TREE_LEN)
-        .map_err(|source| ReadError::Damaged { kind: "tree", id: id.to_hex(), source })?;
+    let plain = codec::decompress_bounded(&frame, MAX_TREE_LEN).map_err(|source| ReadError::Damaged {
+        kind: "tree",
+        id: id.to_hex(),
+        source,
+    })?;
     let actual = TreeId::of(&plain);
     if actual != *id {
         return Err(ReadError::Damaged {
@@ -53,5 +59,9 @@ pub fn load_chunk(store: &Store, id: &ChunkId, len: u32) -> Result<Vec<u8>, Read
             source: CodecError::BadLength { declared: len.into(), limit: MAX_CHUNK_LEN.into() },
         });
     }
-    codec::open_chunk(id, &frame, len.into()).map_err(|source| ReadError::Damaged { kind: "chunk", id: id.to_hex(), source })
+    codec::open_chunk(id, &frame, len.into()).map_err(|source| ReadError::Damaged {
+        kind: "chunk",
+        id: id.to_hex(),
+        source,
+    })
 }

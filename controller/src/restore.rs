@@ -113,7 +113,8 @@ pub fn restore(store: &Store, root: &TreeId, subpath: &[Vec<u8>], dest: &Path) -
     let mut tree_id = *root;
     let mut walked: Vec<Vec<u8>> = Vec::new();
     for (i, comp) in subpath.iter().enumerate() {
-        let tree = reader::load_tree(store, &tree_id).map_err(|source| RestoreError::Read { path: show(&walked), source })?;
+        let tree =
+            reader::load_tree(store, &tree_id).map_err(|source| RestoreError::Read { path: show(&walked), source })?;
         let entry = tree.get(comp).ok_or_else(|| RestoreError::NoSuchPath(show(subpath)))?.clone();
         walked.push(comp.clone());
         match &entry.node {
@@ -128,16 +129,17 @@ pub fn restore(store: &Store, root: &TreeId, subpath: &[Vec<u8>], dest: &Path) -
         }
     }
     let dir = ctx.root.try_clone().map_err(|source| RestoreError::Io { path: dest_s, source })?;
-    ctx.tree(&dir, &mut Vec::new(), &tree_id, 0)?;
+    ctx.tree(&dir, &[], &tree_id, 0)?;
     Ok(ctx.stats)
 }
 
 impl Ctx<'_> {
-    fn tree(&mut self, dir: &OwnedFd, path: &mut Vec<Vec<u8>>, id: &TreeId, depth: usize) -> Result<(), RestoreError> {
+    fn tree(&mut self, dir: &OwnedFd, path: &[Vec<u8>], id: &TreeId, depth: usize) -> Result<(), RestoreError> {
         if depth > MAX_DEPTH {
             return Err(RestoreError::TooDeep(show(path)));
         }
-        let tree = reader::load_tree(self.store, id).map_err(|source| RestoreError::Read { path: show(path), source })?;
+        let tree =
+            reader::load_tree(self.store, id).map_err(|source| RestoreError::Read { path: show(path), source })?;
         for entry in tree.entries() {
             self.entry(dir, path, entry, depth)?;
         }
@@ -153,7 +155,7 @@ impl Ctx<'_> {
             Node::Dir { tree } => {
                 rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).map_err(|x| io_at(&path)(x.into()))?;
                 let child = open_dir_at(dir, e.name.as_bytes()).map_err(io_at(&path))?;
-                self.tree(&child, &mut path.clone(), tree, depth + 1)?;
+                self.tree(&child, &path, tree, depth + 1)?;
                 // Metadata after the children, so their creation does not
                 // change the directory's mtime afterwards.
                 self.own(&child, e, &path)?;
@@ -185,7 +187,8 @@ impl Ctx<'_> {
                             file.write_all(&data).map_err(io_at(&path))?;
                         }
                         Segment::Hole { len } => {
-                            rustix::fs::seek(&file, SeekFrom::Current(*len as i64)).map_err(|x| io_at(&path)(x.into()))?;
+                            rustix::fs::seek(&file, SeekFrom::Current(*len as i64))
+                                .map_err(|x| io_at(&path)(x.into()))?;
                         }
                     }
                 }

@@ -160,7 +160,8 @@ impl Server {
         if enroll {
             return self.enrollment(tls).await;
         }
-        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned().context("no client certificate")?;
+        let cert =
+            tls.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned().context("no client certificate")?;
         let fp = Fingerprint::of(&cert);
         let (agent_id, agent) = {
             let cat = self.backend.catalog.lock().unwrap_or_else(|e| e.into_inner());
@@ -169,7 +170,9 @@ impl Server {
             cat.touch_agent(found.0)?;
             found
         };
-        self.agent_session(tls, agent_id, agent.clone(), shutdown).instrument(tracing::info_span!("agent", name = %agent)).await
+        self.agent_session(tls, agent_id, agent.clone(), shutdown)
+            .instrument(tracing::info_span!("agent", name = %agent))
+            .await
     }
 
     async fn enrollment<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> Result<()> {
@@ -186,7 +189,10 @@ impl Server {
                     Message::Error { code: e.code, message: e.message }
                 }
             },
-            Some(other) => Message::Error { code: ErrorCode::Protocol, message: format!("expected an enrollment request, got {}", other.name()) },
+            Some(other) => Message::Error {
+                code: ErrorCode::Protocol,
+                message: format!("expected an enrollment request, got {}", other.name()),
+            },
             None => return Ok(()),
         };
         write_msg(&mut w, &reply).await?;
@@ -204,7 +210,9 @@ impl Server {
             TokenCheck::Unknown => Some("unknown enrollment token".to_string()),
             TokenCheck::Used => Some("this enrollment token was already used; ask for a new one".into()),
             TokenCheck::Expired => Some("this enrollment token has expired; ask for a new one".into()),
-            TokenCheck::WrongName { expected } => Some(format!("this enrollment token is for agent {expected}, not {name}")),
+            TokenCheck::WrongName { expected } => {
+                Some(format!("this enrollment token is for agent {expected}, not {name}"))
+            }
         };
         if let Some(why) = bad {
             // Slow down guessing (F38); per-source rate limits come with the API.
@@ -310,7 +318,11 @@ impl Server {
                     Some(Message::Committed { id, bytes_new, blobs_new })
                 }
                 other => {
-                    return Err(SessionError::new(ErrorCode::Protocol, format!("unexpected {} frame from an agent", other.name())).into());
+                    return Err(SessionError::new(
+                        ErrorCode::Protocol,
+                        format!("unexpected {} frame from an agent", other.name()),
+                    )
+                    .into());
                 }
             };
             if let Some(reply) = reply {

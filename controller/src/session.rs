@@ -75,6 +75,11 @@ pub struct UploadSession {
     received: HashSet<BlobRef>,
     pending: Vec<(BlobRef, u64, u64)>,
     pending_bytes: u64,
+    /// Bytes physically added to the store (for the catalog).
+    stored_new: u64,
+    /// Blobs and bytes new to *this agent* (reported to it). Counting what
+    /// is new to the store instead would tell an agent whether another
+    /// agency already stores a given content (F16).
     bytes_new: u64,
     blobs_new: u64,
 }
@@ -88,6 +93,7 @@ impl UploadSession {
             received: HashSet::new(),
             pending: Vec::new(),
             pending_bytes: 0,
+            stored_new: 0,
             bytes_new: 0,
             blobs_new: 0,
         }
@@ -143,7 +149,12 @@ impl UploadSession {
                 if !self.known(&cat, &r)? {
                     return Err(SessionError::new(
                         ErrorCode::MissingReference,
-                        format!("tree {} references {} {} that this agent has not stored", id.short(), r.kind.name(), r.hex()),
+                        format!(
+                            "tree {} references {} {} that this agent has not stored",
+                            id.short(),
+                            r.kind.name(),
+                            r.hex()
+                        ),
                     ));
                 }
             }
@@ -155,12 +166,18 @@ impl UploadSession {
         if self.received.contains(&blob) {
             return Ok(());
         }
-        let durable = self.catalog().blob_durable(&blob)?;
+        let (durable, owned) = {
+            let cat = self.catalog();
+            (cat.blob_durable(&blob)?, cat.agent_has(self.agent_id, &blob)?)
+        };
         if !durable {
             self.backend.store.put_unsynced(&blob, data)?;
+            self.stored_new += data.len() as u64;
+            self.pending_bytes += data.len() as u64;
+        }
+        if !owned {
             self.bytes_new += data.len() as u64;
             self.blobs_new += 1;
-            self.pending_bytes += data.len() as u64;
         }
         self.pending.push((blob, raw_len, data.len() as u64));
         self.received.insert(blob);
@@ -208,6 +225,10 @@ impl UploadSession {
             ));
         }
         let root = BlobRef::tree(&record.root);
+        // Revocation also ends sessions opened before it.
+        if self.catalog().agent_active(self.agent_id)?.is_none() {
+            return Err(SessionError::new(ErrorCode::Forbidden, format!("agent {} has been revoked", self.agent)));
+        }
         if !self.known(&self.catalog(), &root)? {
             return Err(SessionError::new(
                 ErrorCode::MissingReference,
@@ -221,10 +242,11 @@ impl UploadSession {
         {
             let mut cat = self.catalog();
             let tx = cat.transaction()?;
-            Catalog::insert_snapshot(&tx, self.agent_id, &id, &record, &encoded, bytes_new)?;
+            Catalog::insert_snapshot(&tx, self.agent_id, &id, &record, &encoded, self.stored_new)?;
             tx.commit().map_err(CatalogError::from)?;
         }
-        info!(agent = %self.agent, dataset = %record.dataset, snapshot = %id.short(), files = record.stats.files, bytes_new, "snapshot committed");
+        info!(agent = %self.agent, dataset = %record.dataset, snapshot = %id.short(), files = record.stats.files, stored_new = self.stored_new, "snapshot committed");
+        self.stored_new = 0;
         self.bytes_new = 0;
         self.blobs_new = 0;
         Ok((id, bytes_new, blobs_new))

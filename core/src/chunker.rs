@@ -38,9 +38,7 @@ impl<R: Read> Iterator for Chunker<R> {
 
 /// Cut points of `data` as (offset, length) pairs; for tests and tools.
 pub fn boundaries(data: &[u8]) -> Vec<(usize, usize)> {
-    fastcdc::v2020::FastCDC::new(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
-        .map(|c| (c.offset, c.length))
-        .collect()
+    fastcdc::v2020::FastCDC::new(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX).map(|c| (c.offset, c.length)).collect()
 }
 
 #[cfg(test)]

@@ -56,8 +56,8 @@ pub fn decompress_exact(frame: &[u8], declared: u64, limit: u32) -> Result<Vec<u
     }
     let cap = declared as usize;
     let mut out = Vec::with_capacity(cap);
-    let mut dec = zstd::bulk::Decompressor::new()
-        .map_err(|e| CodecError::Corrupt { declared, reason: e.to_string() })?;
+    let mut dec =
+        zstd::bulk::Decompressor::new().map_err(|e| CodecError::Corrupt { declared, reason: e.to_string() })?;
     // One byte of slack would let us tell "exactly declared" from "more";
     // zstd reports an error when the output does not fit, which we map to
     // Corrupt, so the capacity is the declared length itself.

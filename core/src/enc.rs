@@ -198,10 +198,9 @@ impl<'a> Reader<'a> {
         }
         let n = n as usize;
         if n.saturating_mul(min_elem) > self.remaining() {
-            return Err(self.err(
-                what,
-                Problem::Truncated { needed: n.saturating_mul(min_elem), left: self.remaining() },
-            ));
+            return Err(
+                self.err(what, Problem::Truncated { needed: n.saturating_mul(min_elem), left: self.remaining() })
+            );
         }
         Ok(n)
     }

@@ -103,9 +103,6 @@ mod tests {
     #[test]
     fn known_blake3_vector() {
         // blake3("") from the reference test vectors.
-        assert_eq!(
-            ChunkId::of(b"").to_string(),
-            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
-        );
+        assert_eq!(ChunkId::of(b"").to_string(), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
     }
 }

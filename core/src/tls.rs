@@ -18,7 +18,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{client::WebPkiServerVerifier, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    client::WebPkiServerVerifier, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use sha2::{Digest, Sha256};
 
 use crate::protocol::{ALPN_AGENT, ALPN_ENROLL};
@@ -94,13 +97,8 @@ pub struct CertInfo {
 /// Reads subject, serial and validity of a DER certificate.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, TlsSetupError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| TlsSetupError::Certificate(e.to_string()))?;
-    let common_name = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let common_name =
+        cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default().to_owned();
     Ok(CertInfo {
         common_name,
         serial: cert.raw_serial_as_string().replace(':', ""),
@@ -203,9 +201,11 @@ impl ClientCertVerifier for CheckedClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        self.check
-            .check(end_entity)
-            .map_err(|why| rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(Refused(why))))))?;
+        self.check.check(end_entity).map_err(|why| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(Refused(
+                why,
+            )))))
+        })?;
         Ok(ok)
     }
     fn verify_tls12_signature(

@@ -239,7 +239,9 @@ impl Tree {
         }
         let version = r.u16("tree version")?;
         if version != TREE_VERSION {
-            return Err(r.invalid("tree version", format!("unknown version {version} (this build reads {TREE_VERSION})")).into());
+            return Err(r
+                .invalid("tree version", format!("unknown version {version} (this build reads {TREE_VERSION})"))
+                .into());
         }
         let n = r.count("tree entry count", u32::MAX, MIN_ENTRY_LEN)?;
         let mut entries: Vec<Entry> = Vec::with_capacity(n);
@@ -282,7 +284,9 @@ impl Tree {
                                 let id = ChunkId::from_bytes(r.array("chunk id")?);
                                 let len = r.u32("chunk length")?;
                                 if len == 0 || len > MAX_CHUNK_LEN {
-                                    return Err(r.invalid("chunk length", format!("{len} not in 1..={MAX_CHUNK_LEN}")).into());
+                                    return Err(r
+                                        .invalid("chunk length", format!("{len} not in 1..={MAX_CHUNK_LEN}"))
+                                        .into());
                                 }
                                 Segment::Data { id, len }
                             }
@@ -295,9 +299,8 @@ impl Tree {
                             }
                             k => return Err(r.invalid("segment kind", format!("unknown kind {k}")).into()),
                         };
-                        total = total
-                            .checked_add(seg.len())
-                            .ok_or_else(|| r.invalid("file size", "segments overflow"))?;
+                        total =
+                            total.checked_add(seg.len()).ok_or_else(|| r.invalid("file size", "segments overflow"))?;
                         segments.push(seg);
                     }
                     if total != size {
@@ -418,7 +421,8 @@ mod tests {
 
     fn arb_node() -> impl Strategy<Value = Node> {
         let seg = prop_oneof![
-            (any::<[u8; 32]>(), 1..=MAX_CHUNK_LEN).prop_map(|(b, len)| Segment::Data { id: ChunkId::from_bytes(b), len }),
+            (any::<[u8; 32]>(), 1..=MAX_CHUNK_LEN)
+                .prop_map(|(b, len)| Segment::Data { id: ChunkId::from_bytes(b), len }),
             (1..u64::MAX / 1024).prop_map(|len| Segment::Hole { len }),
         ];
         prop_oneof![

@@ -145,7 +145,17 @@ impl Controller {
         let state = base.join(format!("{name}-state"));
         let config = base.join(format!("{name}.toml"));
         ok(Command::new(bin("pulih-agent"))
-            .args(["enroll", "--controller", &self.addr.to_string(), "--token", &token, "--fingerprint", &fp, "--name", name])
+            .args([
+                "enroll",
+                "--controller",
+                &self.addr.to_string(),
+                "--token",
+                &token,
+                "--fingerprint",
+                &fp,
+                "--name",
+                name,
+            ])
             .arg("--state-dir")
             .arg(&state)
             .arg("--config")
@@ -200,7 +210,12 @@ impl Agent {
         let q = |s: &str| format!("{s:?}");
         let paths: Vec<String> = paths.iter().map(|p| q(p.to_str().unwrap())).collect();
         let ex: Vec<String> = exclude.iter().map(|e| q(e)).collect();
-        text.push_str(&format!("\n[[dataset]]\nname = {}\npaths = [{}]\nexclude = [{}]\n", q(name), paths.join(", "), ex.join(", ")));
+        text.push_str(&format!(
+            "\n[[dataset]]\nname = {}\npaths = [{}]\nexclude = [{}]\n",
+            q(name),
+            paths.join(", "),
+            ex.join(", ")
+        ));
         fs::write(&self.config, text).unwrap();
     }
 
@@ -313,4 +328,12 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+impl Controller {
+    /// Process id of the running server, if it is running (for checks on
+    /// its CPU use).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }

@@ -13,8 +13,13 @@ use rustix::fs::{Mode, Timespec, Timestamps, CWD};
 
 fn set_mtime(p: &Path, ns: i64) {
     let t = Timespec { tv_sec: ns / 1_000_000_000, tv_nsec: (ns % 1_000_000_000) as _ };
-    rustix::fs::utimensat(CWD, p, &Timestamps { last_access: t, last_modification: t }, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-        .unwrap();
+    rustix::fs::utimensat(
+        CWD,
+        p,
+        &Timestamps { last_access: t, last_modification: t },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 }
 
 /// A tree with every kind of entry the format knows.
@@ -49,7 +54,7 @@ fn build_rich_tree(src: &Path) {
     f.write_all_at(&bytes(99, 200_000), 20 * 1024 * 1024).unwrap();
     drop(f);
     // A named pipe.
-    rustix::fs::mknodat(CWD, &src.join("fifo"), rustix::fs::FileType::Fifo, Mode::from_raw_mode(0o640), 0).unwrap();
+    rustix::fs::mknodat(CWD, src.join("fifo"), rustix::fs::FileType::Fifo, Mode::from_raw_mode(0o640), 0).unwrap();
     // Modes, including setgid and an unreadable-by-others file.
     fs::set_permissions(src.join("a/small.txt"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(src.join("a/b/size-65535"), fs::Permissions::from_mode(0o2755)).unwrap();
@@ -120,7 +125,12 @@ fn incremental_snapshots_read_and_send_only_changes() {
     fs::write(src.join("db.bin"), &edited).unwrap();
     let fourth = agent.snapshot();
     assert_eq!(fourth.bytes_read, edited.len() as u64);
-    assert!(fourth.bytes_sent < 3 * 1024 * 1024, "sent {} of {} bytes after a small insertion", fourth.bytes_sent, edited.len());
+    assert!(
+        fourth.bytes_sent < 3 * 1024 * 1024,
+        "sent {} of {} bytes after a small insertion",
+        fourth.bytes_sent,
+        edited.len()
+    );
 
     // Every snapshot restores to what the source was at the time.
     let dest = tmp.path().join("r4");

@@ -379,6 +379,15 @@ impl Catalog {
         Ok(())
     }
 
+    /// Forgets a blob whose file is gone, so no agent deduplicates against
+    /// it any more and the next upload stores it again (F7, F15).
+    pub fn forget_blob(&self, blob: &BlobRef) -> Result<(), CatalogError> {
+        self.conn
+            .execute("DELETE FROM agent_blobs WHERE kind = ?1 AND id = ?2", params![blob.kind.code(), &blob.id[..]])?;
+        self.conn.execute("DELETE FROM blobs WHERE kind = ?1 AND id = ?2", params![blob.kind.code(), &blob.id[..]])?;
+        Ok(())
+    }
+
     /// Stored size of a durable blob.
     pub fn blob_stored_len(&self, blob: &BlobRef) -> Result<Option<u64>, CatalogError> {
         let mut st = self.conn.prepare_cached("SELECT stored_len FROM blobs WHERE kind = ?1 AND id = ?2")?;

@@ -259,3 +259,135 @@ impl Ctx<'_> {
         Ok((fd, last.clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::BlobRef;
+    use pulih_core::tree::{EntryName, Tree};
+    use std::num::NonZeroU64;
+    use std::os::unix::fs::{symlink, MetadataExt};
+
+    fn put_tree(store: &Store, entries: Vec<Entry>) -> TreeId {
+        let (id, bytes) = Tree::new(entries).unwrap().encode();
+        store.put_unsynced(&BlobRef::tree(&id), &pulih_core::codec::compress(&bytes, 1)).unwrap();
+        id
+    }
+
+    fn put_chunk(store: &Store, data: &[u8]) -> Segment {
+        let id = pulih_core::ChunkId::of(data);
+        store.put_unsynced(&BlobRef::chunk(&id), &pulih_core::codec::compress(data, 1)).unwrap();
+        Segment::Data { id, len: data.len() as u32 }
+    }
+
+    fn entry(name: &str, node: Node) -> Entry {
+        Entry { name: EntryName::new(name).unwrap(), mode: 0o644, uid: 0, gid: 0, mtime_ns: 0, node }
+    }
+
+    fn file(store: &Store, name: &str, data: &[u8], group: u64) -> Entry {
+        entry(
+            name,
+            Node::File {
+                size: data.len() as u64,
+                link_group: NonZeroU64::new(group),
+                flags: 0,
+                segments: vec![put_chunk(store, data)],
+            },
+        )
+    }
+
+    fn setup() -> (tempfile::TempDir, Store, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("store")).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        (dir, store, outside)
+    }
+
+    /// F29: a symlink in the snapshot pointing outside is restored as a
+    /// symlink and never followed, not by `--path` either.
+    #[test]
+    fn f29_symlinked_parent_is_not_followed() {
+        let (dir, store, outside) = setup();
+        let root = put_tree(
+            &store,
+            vec![
+                entry("evil", Node::Symlink { target: outside.as_os_str().as_bytes().to_vec() }),
+                file(&store, "ok", b"x", 0),
+            ],
+        );
+        let dest = dir.path().join("dest");
+        restore(&store, &root, &[], &dest).unwrap();
+        assert!(std::fs::symlink_metadata(dest.join("evil")).unwrap().file_type().is_symlink());
+        let err = restore(&store, &root, &[b"evil".to_vec(), b"passwd".to_vec()], &dir.path().join("d2")).unwrap_err();
+        assert!(matches!(err, RestoreError::NoSuchPath(_)), "{err}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "wrote outside the target");
+    }
+
+    /// F29: a symlink that appears in the target while restoring (a racing
+    /// local user) is neither written through nor descended into.
+    #[test]
+    fn f29_symlink_planted_in_target_is_not_followed() {
+        let (dir, store, outside) = setup();
+        let sub = put_tree(&store, vec![file(&store, "passwd", b"owned", 0)]);
+        let dest = dir.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        symlink(&outside, dest.join("d")).unwrap();
+        symlink(outside.join("f"), dest.join("f")).unwrap();
+        let root_fd = rustix::fs::openat(CWD, &dest, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let mut ctx =
+            Ctx { store: &store, root: root_fd, owners: false, links: HashMap::new(), stats: RestoreStats::default() };
+        let dirfd = ctx.root.try_clone().unwrap();
+        assert!(ctx.entry(&dirfd, &[], &entry("d", Node::Dir { tree: sub }), 0).is_err());
+        assert!(ctx.entry(&dirfd, &[], &file(&store, "f", b"owned", 0), 0).is_err());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "wrote outside the target");
+    }
+
+    /// F30: hard links are made only to files this restore created, reached
+    /// without following symlinks; a swapped parent makes the link fail.
+    #[test]
+    fn f30_hard_links_stay_inside_the_target() {
+        let (dir, store, outside) = setup();
+        std::fs::write(outside.join("f"), b"outside").unwrap();
+        let sub = put_tree(&store, vec![file(&store, "f", b"inside", 9)]);
+        let dest = dir.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        let root_fd = rustix::fs::openat(CWD, &dest, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let mut ctx =
+            Ctx { store: &store, root: root_fd, owners: false, links: HashMap::new(), stats: RestoreStats::default() };
+        let dirfd = ctx.root.try_clone().unwrap();
+        ctx.entry(&dirfd, &[], &entry("d", Node::Dir { tree: sub }), 0).unwrap();
+        // Swap d for a symlink to a directory outside holding a file of the same name.
+        std::fs::rename(dest.join("d"), dir.path().join("moved")).unwrap();
+        symlink(&outside, dest.join("d")).unwrap();
+        assert!(ctx.entry(&dirfd, &[], &file(&store, "z", b"inside", 9), 0).is_err());
+        assert_eq!(std::fs::metadata(outside.join("f")).unwrap().nlink(), 1, "linked to a file outside the target");
+    }
+
+    /// F31: a tree stored under an id it does not hash to (forged by someone
+    /// with write access to the store) is refused, not restored.
+    #[test]
+    fn f31_forged_tree_is_refused() {
+        let (dir, store, _) = setup();
+        let (_, bytes) = Tree::new(vec![entry("x", Node::Fifo)]).unwrap().encode();
+        let claimed = TreeId::of(b"something else");
+        store.put_unsynced(&BlobRef::tree(&claimed), &pulih_core::codec::compress(&bytes, 1)).unwrap();
+        let err = restore(&store, &claimed, &[], &dir.path().join("dest")).unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+    }
+
+    /// F24/F26: a chunk whose content no longer matches is never written.
+    #[test]
+    fn damaged_chunk_is_not_written() {
+        let (dir, store, _) = setup();
+        let f = file(&store, "f", b"good content", 0);
+        let Node::File { segments, .. } = &f.node else { unreachable!() };
+        let Segment::Data { id, .. } = &segments[0] else { unreachable!() };
+        store.put_unsynced(&BlobRef::chunk(id), &pulih_core::codec::compress(b"evil content", 1)).unwrap();
+        let root = put_tree(&store, vec![f.clone()]);
+        let dest = dir.path().join("dest");
+        assert!(restore(&store, &root, &[], &dest).is_err());
+        let written = std::fs::read(dest.join("f")).unwrap_or_default();
+        assert!(!written.starts_with(b"evil"), "damaged data reached the restored file");
+    }
+}

@@ -17,7 +17,7 @@ use pulih_core::protocol::ErrorCode;
 use pulih_core::snapshot::SnapshotRecord;
 use pulih_core::tree::Tree;
 use pulih_core::{ChunkId, SnapshotId, TreeId};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::store::{BlobRef, Store, StoreError};
@@ -146,11 +146,26 @@ impl UploadSession {
             let cat = self.catalog();
             let refs = chunks.iter().map(BlobRef::chunk).chain(trees.iter().map(BlobRef::tree));
             for r in refs {
-                if !self.known(&cat, &r)? {
+                let missing = if self.received.contains(&r) {
+                    false
+                } else if cat.agent_has(self.agent_id, &r)? {
+                    // Deduplicated against an earlier upload: make sure it
+                    // is still there before trusting it (F15).
+                    if self.backend.store.present(&r)? {
+                        false
+                    } else {
+                        warn!(blob = %r.hex(), kind = r.kind.name(), "recorded blob is missing from the store; forgetting it so it is uploaded again");
+                        cat.forget_blob(&r)?;
+                        true
+                    }
+                } else {
+                    true
+                };
+                if missing {
                     return Err(SessionError::new(
                         ErrorCode::MissingReference,
                         format!(
-                            "tree {} references {} {} that this agent has not stored",
+                            "tree {} references {} {} that is not stored for this agent",
                             id.short(),
                             r.kind.name(),
                             r.hex()

@@ -200,6 +200,17 @@ impl Store {
         }
     }
 
+    /// Whether a blob file exists with content (a 0-byte file is a torn
+    /// write and counts as absent, F1).
+    pub fn present(&self, blob: &BlobRef) -> Result<bool, StoreError> {
+        let path = self.blob_path(blob);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(m.len() > 0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
     /// Writes a snapshot record durably (file and directory fsynced).
     pub fn put_snapshot(&self, id: &SnapshotId, record: &[u8]) -> Result<(), StoreError> {
         write_durable(&self.root.join("snapshots").join(id.to_hex()), record)

@@ -224,3 +224,36 @@ fn f5_disk_full_at_the_controller_loses_nothing_committed() {
     assert!(ctl.stop(), "controller should still be running and stop cleanly: {}", ctl.log());
     let _ = bin("pulih-controller");
 }
+
+/// F15, F7: a chunk the catalog believes stored has vanished from the store.
+/// The agent's next snapshot that touches the directory is refused with
+/// "missing reference", retries without its change cache, re-uploads the
+/// chunk, and the earlier snapshot becomes whole again.
+#[test]
+fn f15_vanished_base_chunk_forces_reupload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("stable"), bytes(5, 200_000)).unwrap();
+    fs::write(src.join("changing"), bytes(6, 1000)).unwrap();
+    let ctl = Controller::start(tmp.path());
+    let agent = ctl.enroll(tmp.path(), "opd");
+    agent.add_dataset("d", &[&src], &[]);
+    let first = agent.snapshot();
+    // Lose the chunk of the unchanged file.
+    let stable_chunk = pulih_core::ChunkId::of(&bytes(5, 200_000)).to_hex();
+    let victim = all_chunk_files(&ctl.dir).into_iter().find(|p| p.ends_with(&stable_chunk)).expect("stable's chunk");
+    fs::remove_file(&victim).unwrap();
+    assert_eq!(run(&mut ctl.cmd(&["verify", &first.id])).status.code(), Some(2));
+    // A sibling changes, so the directory's tree is uploaded again.
+    fs::write(src.join("changing"), bytes(7, 1000)).unwrap();
+    let out = agent.snapshot_raw();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(v["attempts"], 2, "{v}");
+    assert!(victim.exists(), "the vanished chunk was not uploaded again");
+    ok(&mut ctl.cmd(&["verify", "--all"]));
+    let dest = tmp.path().join("r");
+    assert!(ctl.restore(&first.id, Some(&src.join("stable")), &dest).status.success());
+}

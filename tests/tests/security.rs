@@ -817,17 +817,9 @@ fn f16_agent_cannot_probe_or_use_another_agents_chunks() {
 /// upload is accepted and owned by b from then on, a's data is untouched,
 /// and b's snapshot restores. (Uploading content is not a way to read it.)
 ///
-/// KNOWN BUG (reported, not fixed here; F16 side channel): the `Committed`
-/// answer tells b whether *any* agent already stored the content.
-/// `UploadSession::stage` (controller/src/session.rs) counts `bytes_new` /
-/// `blobs_new` only for blobs not yet durable in the shared store
-/// (`Catalog::blob_durable`), not for blobs new *to this agent*, and
-/// `server.rs` sends both counters to the agent (the agent prints them in
-/// `snapshot --json`). Uploading a guessed document therefore confirms
-/// that another agency holds it: here b sees `blobs_new == 1` (only its
-/// tree) for a's content and `2` for content nobody has. The counters are
-/// printed below, not asserted, so this test stays green; once fixed, both
-/// commits should report 2 blobs and the full chunk size as new.
+/// F16 side channel: the `Committed` answer counts what is new *to this
+/// agent*, so committing a guessed document reports the same figures
+/// whether or not another agency already stores it.
 #[test]
 fn f16_reuploading_another_agents_content_stays_isolated() {
     let base = tempfile::tempdir().unwrap();
@@ -853,10 +845,8 @@ fn f16_reuploading_another_agents_content_stays_isolated() {
     };
     let known = commit_file(secret, "guess");
     let unknown = commit_file(&fresh, "control");
-    eprintln!(
-        "KNOWN BUG (F16 side channel): b's commit of content a stores reports (bytes_new, blobs_new) = {known:?}; \
-         of content nobody stores {unknown:?}"
-    );
+    assert_eq!(known.1, unknown.1, "commit figures reveal whether another agent stores the content");
+    assert_eq!(known.1, 2, "chunk and tree are new to b");
 
     // b now owns the chunk it uploaded; a still owns its own.
     for (agent, expect_missing) in [(b, vec![]), (a, vec![ChunkId::of(&fresh)])] {

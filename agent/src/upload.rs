@@ -32,6 +32,8 @@ pub const MAX_QUERIES: usize = 16;
 pub const WINDOW_BYTES: usize = 16 * 1024 * 1024;
 /// Chunk ids per query.
 const BATCH_IDS: usize = 512;
+/// Compressed bytes per query, so large chunks still flow in several batches.
+const BATCH_BYTES: usize = WINDOW_BYTES / 8;
 
 /// What the uploader did.
 #[derive(Debug, Default, Clone)]
@@ -59,21 +61,32 @@ pub fn run(conn: &mut Conn, rx: Receiver<Item>) -> Result<UploadStats, ConnError
         conn,
         queue: VecDeque::new(),
         batch: Vec::new(),
+        batch_bytes: 0,
         held: 0,
         queries: 0,
         stats: UploadStats::default(),
     };
     loop {
-        if up.queries >= MAX_QUERIES || up.held >= WINDOW_BYTES {
+        if up.queries >= MAX_QUERIES {
             up.read_answer()?;
             continue;
+        }
+        if up.held >= WINDOW_BYTES {
+            // The open batch may be what fills the window: ask about it
+            // first, or we would wait for an answer to a question never sent.
+            up.send_query()?;
+            if up.queries > 0 {
+                up.read_answer()?;
+                continue;
+            }
         }
         match rx.recv_timeout(Duration::from_millis(2)) {
             Ok(Item::Chunk { id, raw_len, data }) => {
                 up.held += data.len();
                 up.stats.chunks_offered += 1;
                 up.batch.push((id, raw_len, data));
-                if up.batch.len() >= BATCH_IDS {
+                up.batch_bytes += up.batch.last().map_or(0, |c| c.2.len());
+                if up.batch.len() >= BATCH_IDS || up.batch_bytes >= BATCH_BYTES {
                     up.send_query()?;
                 }
             }
@@ -110,6 +123,7 @@ struct Uploader<'a> {
     conn: &'a mut Conn,
     queue: VecDeque<Pending>,
     batch: Vec<(ChunkId, u32, Vec<u8>)>,
+    batch_bytes: usize,
     held: usize,
     queries: usize,
     stats: UploadStats,
@@ -121,6 +135,7 @@ impl Uploader<'_> {
             return Ok(());
         }
         let chunks = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
         self.conn.send(&Message::HasChunks { ids: chunks.iter().map(|c| c.0).collect() })?;
         self.queue.push_back(Pending::Batch(Batch { chunks, missing: None }));
         self.queries += 1;

@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod config;
 pub mod datadir;
+pub mod framed;
 pub mod pki;
 pub mod reader;
 pub mod restore;

@@ -15,23 +15,27 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use pulih_core::formats::PROTOCOL_VERSION;
-use pulih_core::protocol::{self, ErrorCode, FrameError, Message, ALPN_ENROLL};
+use pulih_core::protocol::{ErrorCode, Message, ALPN_ENROLL};
 use pulih_core::tls::{self, ClientCheck, Fingerprint};
 use pulih_core::AgentName;
 use rustls::pki_types::CertificateDer;
 use rustls::server::Acceptor;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::catalog::{Catalog, TokenCheck};
+use crate::framed::Framed;
 use crate::pki::{Ca, AGENT_DAYS};
 use crate::session::{Backend, SessionError, UploadSession};
+
+/// Most answer bytes queued for an agent that does not read them.
+const MAX_PENDING_OUT: usize = 16 * 1024 * 1024;
 
 /// Limits of the server.
 #[derive(Debug, Clone)]
@@ -176,9 +180,8 @@ impl Server {
     }
 
     async fn enrollment<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> Result<()> {
-        let (r, mut w) = tokio::io::split(stream);
-        let mut reader = FrameReader::new(r);
-        let msg = tokio::time::timeout(self.limits.handshake_timeout, reader.next())
+        let mut conn = Framed::new(stream);
+        let msg = tokio::time::timeout(self.limits.handshake_timeout, conn.next())
             .await
             .context("enrollment request timed out")??;
         let reply = match msg {
@@ -195,8 +198,8 @@ impl Server {
             },
             None => return Ok(()),
         };
-        write_msg(&mut w, &reply).await?;
-        w.shutdown().await.ok();
+        conn.queue(&reply);
+        let _ = tokio::time::timeout(self.limits.handshake_timeout, conn.finish()).await;
         Ok(())
     }
 
@@ -241,31 +244,24 @@ impl Server {
         agent: String,
         shutdown: CancellationToken,
     ) -> Result<()> {
-        let (r, w) = tokio::io::split(stream);
-        let mut reader = FrameReader::new(r);
-        // Answers go through a writer task so that a slow reader on the
-        // agent's side never stops us from reading its frames.
-        let (tx, rx) = mpsc::channel::<Message>(64);
-        let writer = tokio::spawn(writer_task(w, rx));
+        let mut conn = Framed::new(stream);
         let session = Arc::new(Mutex::new(UploadSession::new(self.backend.clone(), agent_id, agent.clone())));
-        let result = self.session_loop(&mut reader, &tx, session, shutdown, &agent).await;
+        let result = self.session_loop(&mut conn, session, shutdown, &agent).await;
         if let Err(e) = &result {
             let (code, message) = match e.downcast_ref::<SessionError>() {
                 Some(se) => (se.code, se.message.clone()),
                 None => (ErrorCode::Protocol, format!("{e:#}")),
             };
             warn!(reason = %message, "session failed");
-            let _ = tx.send(Message::Error { code, message }).await;
+            conn.queue(&Message::Error { code, message });
         }
-        drop(tx);
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.finish()).await;
         result
     }
 
-    async fn session_loop<R: AsyncRead + Unpin>(
+    async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        reader: &mut FrameReader<R>,
-        tx: &mpsc::Sender<Message>,
+        conn: &mut Framed<S>,
         session: Arc<Mutex<UploadSession>>,
         shutdown: CancellationToken,
         agent: &str,
@@ -274,10 +270,10 @@ impl Server {
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = tx.send(Message::Error { code: ErrorCode::Unavailable, message: "controller is shutting down".into() }).await;
+                    conn.queue(&Message::Error { code: ErrorCode::Unavailable, message: "controller is shutting down".into() });
                     return Ok(());
                 }
-                r = tokio::time::timeout(self.limits.idle_timeout, reader.next()) => r.context("agent idle too long")??,
+                r = tokio::time::timeout(self.limits.idle_timeout, conn.next()) => r.context("agent idle too long")??,
             };
             let Some(msg) = msg else { return Ok(()) };
             let reply = match msg {
@@ -326,7 +322,12 @@ impl Server {
                 }
             };
             if let Some(reply) = reply {
-                tx.send(reply).await.context("agent connection closed")?;
+                conn.queue(&reply);
+                // An agent that never reads its answers cannot make us buffer
+                // without bound.
+                if conn.pending_out() > MAX_PENDING_OUT {
+                    return Err(SessionError::new(ErrorCode::Protocol, "agent does not read its answers").into());
+                }
             }
         }
     }
@@ -361,76 +362,6 @@ pub fn token_hash(token: &str) -> String {
 
 fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
-}
-
-async fn writer_task<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Message>) {
-    while let Some(msg) = rx.recv().await {
-        if write_msg(&mut w, &msg).await.is_err() {
-            break;
-        }
-    }
-    let _ = w.shutdown().await;
-}
-
-async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    protocol::encode(msg, &mut buf);
-    w.write_all(&buf).await?;
-    w.flush().await
-}
-
-/// Reads frames from an async stream; the buffer grows only as far as the
-/// announced (and already bounded) frame length.
-pub struct FrameReader<R> {
-    r: R,
-    buf: Vec<u8>,
-    start: usize,
-}
-
-impl<R: AsyncRead + Unpin> FrameReader<R> {
-    pub fn new(r: R) -> Self {
-        Self { r, buf: Vec::with_capacity(64 * 1024), start: 0 }
-    }
-
-    /// The next message; `None` at a clean end of stream.
-    pub async fn next(&mut self) -> Result<Option<Message>> {
-        loop {
-            let avail = &self.buf[self.start..];
-            match protocol::decode(avail) {
-                Ok(Some((msg, used))) => {
-                    self.start += used;
-                    return Ok(Some(msg));
-                }
-                Ok(None) => {}
-                Err(e @ FrameError::TooLarge { .. }) | Err(e @ FrameError::Empty) => {
-                    return Err(SessionError::new(ErrorCode::Protocol, e.to_string()).into())
-                }
-                Err(e) => return Err(SessionError::new(ErrorCode::Protocol, e.to_string()).into()),
-            }
-            // Compact, then make room for at most the announced frame.
-            if self.start > 0 {
-                self.buf.drain(..self.start);
-                self.start = 0;
-            }
-            let want = match protocol::frame::peek_len(&self.buf) {
-                Ok(Some(len)) => 4 + len as usize,
-                _ => 4,
-            };
-            let need = want.saturating_sub(self.buf.len()).clamp(1, 1024 * 1024);
-            self.buf.reserve(need);
-            let n = self.r.read_buf(&mut self.buf).await?;
-            if n == 0 {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                return Err(SessionError::new(
-                    ErrorCode::Protocol,
-                    format!("connection closed inside a frame ({} bytes buffered)", self.buf.len()),
-                )
-                .into());
-            }
-        }
-    }
 }
 
 /// Opens the backend of a data directory.

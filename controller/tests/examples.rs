@@ -1,0 +1,146 @@
+//! `deploy/`: the example configuration is one the controller accepts, and
+//! `deploy/install.sh` installs into a staging root without touching an
+//! existing configuration.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pulih_controller::config::{self, ControllerConfig, DEFAULT_LISTEN};
+
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+
+fn deploy(name: &str) -> PathBuf {
+    Path::new(DEPLOY).join(name)
+}
+
+#[test]
+fn controller_example_loads_and_validates() {
+    let path = deploy("controller.toml.example");
+    let cfg = ControllerConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    cfg.validate().unwrap();
+    assert_eq!(cfg.controller.listen, DEFAULT_LISTEN);
+}
+
+#[test]
+fn controller_example_has_the_keys_and_values_init_writes() {
+    let example: toml::Table =
+        toml::from_str(&std::fs::read_to_string(deploy("controller.toml.example")).unwrap()).expect("example parses");
+    let written: toml::Table = toml::from_str(&config::template("drc", DEFAULT_LISTEN)).unwrap();
+    assert_eq!(example, written, "deploy/controller.toml.example and config::template() disagree");
+}
+
+#[test]
+fn controller_example_explains_every_key_in_both_languages() {
+    let text = std::fs::read_to_string(deploy("controller.toml.example")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+            continue;
+        }
+        assert!(
+            i >= 2 && lines[i - 1].starts_with("# ") && lines[i - 2].starts_with("# "),
+            "controller.toml.example:{}: `{line}` needs an Indonesian and an English comment line above it",
+            i + 1
+        );
+    }
+}
+
+fn install(args: &[&str], root: &Path, bin_dir: &Path) -> Output {
+    let out = Command::new("bash")
+        .arg(deploy("install.sh"))
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .env_remove("PREFIX")
+        .output()
+        .expect("running bash");
+    assert!(
+        out.status.success(),
+        "install.sh {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o7777
+}
+
+#[test]
+fn install_script_installs_under_a_staging_root_and_keeps_configs() {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_pulih-controller")).parent().unwrap().to_owned();
+    if !bin_dir.join("pulih-agent").exists() {
+        println!(
+            "skipped: {} is missing (cargo build -p pulih-agent builds it)",
+            bin_dir.join("pulih-agent").display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+
+    // A dry run changes nothing, not even the root directory.
+    let dry_root = tmp.path().join("dry");
+    let out = install(&["--controller", "--agent", "--dry-run"], &dry_root, &bin_dir);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[dry-run]"));
+    assert!(!dry_root.exists(), "--dry-run created {}", dry_root.display());
+
+    let root = tmp.path().join("root");
+    let out = install(&["--controller", "--agent"], &root, &bin_dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Skipping creation of user pulih because of --root"), "{stdout}");
+    assert!(stdout.contains("pulih-controller init --data-dir /var/lib/pulih --name"), "{stdout}");
+    assert!(stdout.contains("systemctl enable --now pulih-agent-snapshot.timer"), "{stdout}");
+
+    let r = |p: &str| root.join(p.trim_start_matches('/'));
+    for (path, want) in [
+        ("/usr/local/bin/pulih-controller", 0o755),
+        ("/usr/local/bin/pulih-agent", 0o755),
+        ("/etc/pulih", 0o755),
+        ("/etc/pulih/controller.toml.example", 0o644),
+        ("/etc/pulih/agent.toml.example", 0o644),
+        ("/var/lib/pulih", 0o700),
+        ("/var/lib/pulih-agent", 0o700),
+        ("/etc/systemd/system/pulih-controller.service", 0o644),
+        ("/etc/systemd/system/pulih-agent-snapshot.service", 0o644),
+        ("/etc/systemd/system/pulih-agent-snapshot.timer", 0o644),
+    ] {
+        assert_eq!(mode(&r(path)), want, "mode of {path}: {:o}", mode(&r(path)));
+    }
+    for unit in ["pulih-controller.service", "pulih-agent-snapshot.service", "pulih-agent-snapshot.timer"] {
+        assert_eq!(
+            std::fs::read(r(&format!("/etc/systemd/system/{unit}"))).unwrap(),
+            std::fs::read(deploy(unit)).unwrap(),
+            "{unit} differs from deploy/{unit}"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(r("/usr/local/bin/pulih-controller")).unwrap().len(),
+        std::fs::metadata(bin_dir.join("pulih-controller")).unwrap().len()
+    );
+    // enroll writes agent.toml and init writes controller.toml: never the installer.
+    assert!(!r("/etc/pulih/agent.toml").exists());
+    assert!(!r("/var/lib/pulih/controller.toml").exists());
+
+    // Again, over an existing (edited) installation.
+    let agent_toml = r("/etc/pulih/agent.toml");
+    let controller_toml = r("/var/lib/pulih/controller.toml");
+    std::fs::write(&agent_toml, "# edited by the sysadmin\n[agent]\nname = \"web\"\n").unwrap();
+    std::fs::write(&controller_toml, "# edited by the coordinator\n").unwrap();
+    std::fs::write(r("/etc/pulih/agent.toml.example"), "# edited\n").unwrap();
+    let out = install(&["--controller", "--agent"], &root, &bin_dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("/etc/pulih/agent.toml exists, left unchanged"), "{stdout}");
+    assert!(stdout.contains("/var/lib/pulih/controller.toml exists, left unchanged"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&agent_toml).unwrap(), "# edited by the sysadmin\n[agent]\nname = \"web\"\n");
+    assert_eq!(std::fs::read_to_string(&controller_toml).unwrap(), "# edited by the coordinator\n");
+    // The example is reference material and is refreshed.
+    assert_eq!(
+        std::fs::read(r("/etc/pulih/agent.toml.example")).unwrap(),
+        std::fs::read(deploy("agent.toml.example")).unwrap()
+    );
+    assert_eq!(mode(&r("/var/lib/pulih-agent")), 0o700);
+}

@@ -483,6 +483,18 @@ impl Catalog {
     ) -> Result<SnapshotRow, CatalogError> {
         let all = self.snapshots(agent, dataset)?;
         if spec == "latest" {
+            let mut sets: Vec<(String, String)> = all.iter().map(|s| (s.agent.clone(), s.dataset.clone())).collect();
+            sets.sort();
+            sets.dedup();
+            if sets.len() > 1 {
+                let names: Vec<String> = sets.iter().take(5).map(|(a, d)| format!("{a}/{d}")).collect();
+                return Err(CatalogError::Ambiguous(format!(
+                    "'latest' is ambiguous: {} datasets have snapshots ({}{}); give --agent and --dataset",
+                    sets.len(),
+                    names.join(", "),
+                    if sets.len() > 5 { ", ..." } else { "" }
+                )));
+            }
             return all.into_iter().last().ok_or_else(|| CatalogError::NotFound("no snapshot matches (latest)".into()));
         }
         if spec.len() < 4 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -548,6 +560,41 @@ mod tests {
         assert_eq!(cat.revoke_agent(&name).unwrap(), 1);
         assert!(cat.agent_for_certificate(&fp).unwrap().is_err());
         assert!(cat.agent_for_certificate(&Fingerprint::of(b"unknown")).unwrap().is_err());
+    }
+
+    #[test]
+    fn latest_must_name_one_dataset() {
+        use pulih_core::snapshot::{SnapshotRecord, SnapshotStats};
+        let dir = tempfile::tempdir().unwrap();
+        let mut cat = Catalog::create(&dir.path().join("c.db"), "drc").unwrap();
+        let name = AgentName::new("web").unwrap();
+        cat.add_token("h", &name, 3600).unwrap();
+        cat.complete_enrollment("h", &name, &Fingerprint::of(b"c"), &cert("01")).unwrap();
+        let id = cat.agents().unwrap()[0].id;
+        for (ds, t) in [("a", 1), ("b", 2), ("a", 3)] {
+            let rec = SnapshotRecord {
+                agent: name.clone(),
+                dataset: pulih_core::DatasetName::new(ds).unwrap(),
+                host: "h".into(),
+                paths: vec![],
+                started_ns: t,
+                finished_ns: t,
+                root: pulih_core::TreeId::of(b"r"),
+                parent: None,
+                chunker_version: 1,
+                stats: SnapshotStats::default(),
+                errors_total: 0,
+                errors: vec![],
+            };
+            let (sid, enc) = rec.encode();
+            let tx = cat.transaction().unwrap();
+            Catalog::insert_snapshot(&tx, id, &sid, &rec, &enc, 0).unwrap();
+            tx.commit().unwrap();
+        }
+        let err = cat.resolve_snapshot("latest", None, None).unwrap_err();
+        assert!(err.to_string().contains("ambiguous"), "{err}");
+        assert_eq!(cat.resolve_snapshot("latest", Some("web"), Some("a")).unwrap().started_ns, 3);
+        assert_eq!(cat.resolve_snapshot("latest", None, Some("b")).unwrap().started_ns, 2);
     }
 
     #[test]

@@ -80,7 +80,42 @@ impl DataDir {
         Ok(Store::open(&self.store_path())?)
     }
 
+    /// Takes the data directory's server lock: one `serve` per directory.
+    /// Held until the returned file is dropped.
+    pub fn lock_for_serving(&self) -> Result<std::fs::File> {
+        self.check_exists()?;
+        let path = self.root.join("serve.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+            anyhow::anyhow!(
+                "another pulih-controller is already serving {} (lock {})",
+                self.root.display(),
+                path.display()
+            )
+        })?;
+        Ok(f)
+    }
+
     fn check_exists(&self) -> Result<()> {
+        if let Err(e) = std::fs::metadata(&self.root) {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                bail!(
+                    "cannot read {}: permission denied (run as the controller's user, e.g. `sudo -u pulih`)",
+                    self.root.display()
+                );
+            }
+        }
+        if std::fs::metadata(self.config_path()).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied) {
+            bail!(
+                "cannot read {}: permission denied (run as the controller's user, e.g. `sudo -u pulih`)",
+                self.config_path().display()
+            );
+        }
         if !self.config_path().exists() {
             bail!(
                 "{} is not a Pulih data directory (no controller.toml); create one with `pulih-controller init --data-dir {}`",

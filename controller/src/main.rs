@@ -138,7 +138,7 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", pulih_core::report::chain(e.as_ref()));
             std::process::ExitCode::from(1)
         }
     }
@@ -159,7 +159,13 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Cmd::Serve { dir, listen } => {
             let dd = DataDir::new(&dir.data_dir);
             let cfg = dd.config()?;
-            let backend = server::open_backend(dd.store()?, dd.catalog()?, cfg.limits.checkpoint_mib * 1024 * 1024);
+            let _lock = dd.lock_for_serving()?;
+            let store = dd.store()?;
+            let removed = store.remove_leftovers()?;
+            if removed > 0 {
+                tracing::info!(files = removed, "removed leftovers of interrupted uploads");
+            }
+            let backend = server::open_backend(store, dd.catalog()?, cfg.limits.checkpoint_mib * 1024 * 1024);
             let ca = Ca::load(&dd.pki())?;
             let (chain, key) = pki::load_server(&dd.pki())?;
             let limits = Limits {
@@ -242,16 +248,16 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:<12} {:<16} {:<12} {:<20} {:>8} {:>10} {:>10}",
+                    "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10}",
                     "ID", "AGENT", "DATASET", "TIME", "FILES", "SIZE", "NEW"
                 );
                 for r in &rows {
                     println!(
-                        "{:<12} {:<16} {:<12} {:<20} {:>8} {:>10} {:>10}",
+                        "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10}",
                         &r.id[..12],
                         r.agent,
                         r.dataset,
-                        &r.time[..r.time.len().min(19)],
+                        format!("{}Z", &r.time[..r.time.len().min(19)]),
                         r.files,
                         human(r.bytes),
                         human(r.bytes_new)

@@ -125,19 +125,29 @@ impl Store {
         Self::open(root)
     }
 
-    /// Opens an existing store and removes leftovers of interrupted writes.
+    /// Opens an existing store.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         match fs::read_to_string(root.join("FORMAT")) {
             Ok(s) if s == FORMAT => {}
             _ => return Err(StoreError::NotAStore { path: root.to_owned() }),
         }
-        let tmp = root.join("tmp");
+        Ok(Self { root: root.to_owned(), tmp_seq: AtomicU64::new(0) })
+    }
+
+    /// Removes leftovers of writes interrupted by a crash. Only the server
+    /// calls this, at startup and holding the data directory's lock: an
+    /// admin command running beside it must not delete uploads in flight.
+    pub fn remove_leftovers(&self) -> Result<usize, StoreError> {
+        let tmp = self.root.join("tmp");
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        let mut n = 0;
         for e in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
             let e = e.map_err(io_err(&tmp))?;
-            let _ = fs::remove_file(e.path());
+            if fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
         }
-        Ok(Self { root: root.to_owned(), tmp_seq: AtomicU64::new(0) })
+        Ok(n)
     }
 
     /// The store's root directory.
@@ -269,7 +279,9 @@ mod tests {
         let root = dir.path().join("s");
         Store::create(&root).unwrap();
         fs::write(root.join("tmp").join("123-0"), b"partial").unwrap();
-        Store::open(&root).unwrap();
+        let store = Store::open(&root).unwrap();
+        assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 1, "opening alone must not delete");
+        assert_eq!(store.remove_leftovers().unwrap(), 1);
         assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
         assert!(matches!(Store::open(dir.path()), Err(StoreError::NotAStore { .. })));
     }

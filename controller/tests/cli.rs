@@ -54,3 +54,34 @@ fn wrong_config_key_stops_serve_with_file_and_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("idle_timeout_sec") && err.contains("controller.toml"), "{err}");
 }
+
+#[test]
+fn one_server_per_data_directory_and_admin_commands_leave_uploads_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("drc");
+    assert!(ctl().args(["init", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&d).status().unwrap().success());
+    let mut first = ctl().args(["serve", "--data-dir"]).arg(&d).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Wait until the first server holds the lock (it removes leftovers after).
+    std::fs::write(d.join("store/tmp/marker-before"), b"x").unwrap();
+    while d.join("store/tmp/marker-before").exists() {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = ctl().args(["serve", "--data-dir"]).arg(&d).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already serving"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An upload's temporary file survives admin commands run beside the server.
+    std::fs::write(d.join("store/tmp/in-flight"), b"x").unwrap();
+    for args in [&["snapshots"][..], &["verify", "--all"], &["agents"]] {
+        let st = ctl().args(args).arg("--data-dir").arg(&d).output().unwrap();
+        assert!(st.status.success(), "{args:?}: {}", String::from_utf8_lossy(&st.stderr));
+    }
+    assert!(d.join("store/tmp/in-flight").exists());
+    first.kill().unwrap();
+    first.wait().unwrap();
+}

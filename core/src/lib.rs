@@ -17,6 +17,7 @@ pub mod formats;
 pub mod id;
 pub mod names;
 pub mod protocol;
+pub mod report;
 pub mod snapshot;
 pub mod tls;
 pub mod tree;

@@ -271,3 +271,24 @@ impl UploadSession {
 fn integrity(kind: &str, id: &str, e: CodecError) -> SessionError {
     SessionError::new(ErrorCode::Integrity, format!("{kind} {id} refused: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// F4: a failed sync is fatal for the controller (PostgreSQL's lesson:
+    /// retrying fsync until it "succeeds" loses data); other store errors,
+    /// such as a full disk (F5), fail the upload only.
+    #[test]
+    fn f4_sync_failure_is_fatal_and_disk_full_is_not() {
+        let sync = SessionError::from(StoreError::Sync { path: "/s".into(), source: std::io::Error::other("EIO") });
+        assert!(sync.fatal);
+        assert_eq!(sync.code, ErrorCode::Storage);
+        let full = SessionError::from(StoreError::Io {
+            path: "/s".into(),
+            source: std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()),
+        });
+        assert!(!full.fatal);
+        assert!(full.message.contains("disk is full"), "{}", full.message);
+    }
+}

@@ -256,7 +256,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn put_read_and_torn_files_count_as_missing() {
+    fn f1_f2_torn_or_unrecorded_blobs_count_as_missing_and_are_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(&dir.path().join("s")).unwrap();
         let b = BlobRef::chunk(&ChunkId::of(b"x"));
@@ -274,7 +274,7 @@ mod tests {
     /// F3: leftovers of interrupted writes never sit under a final name and
     /// are cleared when the store opens.
     #[test]
-    fn f3_interrupted_writes_are_cleaned_at_open() {
+    fn f3_interrupted_writes_are_cleaned_only_by_the_server() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("s");
         Store::create(&root).unwrap();

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use pulih_core::{AgentName, DatasetName};
 use serde::Deserialize;
 
@@ -63,8 +63,13 @@ pub struct DatasetSection {
     pub name: String,
     /// Absolute paths to protect.
     pub paths: Vec<PathBuf>,
-    /// Glob patterns to leave out: `*.tmp` matches a name anywhere,
-    /// `cache/` matches directories named cache, `/srv/x/tmp` an absolute path.
+    /// Glob patterns to leave out. A pattern without `/` matches an entry's
+    /// name at any depth (`*.tmp`); a trailing `/` means directories only
+    /// (`cache/`, `var/cache/`); a pattern starting with `/` matches the
+    /// absolute path (`/srv/x/tmp`); any other pattern containing `/` matches
+    /// the path relative to the dataset path the entry is under (`logs/*.gz`
+    /// matches `<dataset path>/logs/a.gz` only, not deeper). `*` and `?`
+    /// never match `/`; `**` matches any number of directories.
     #[serde(default)]
     pub exclude: Vec<String>,
 }
@@ -80,35 +85,73 @@ pub struct Dataset {
 /// Compiled exclusion patterns.
 #[derive(Debug, Clone, Default)]
 pub struct Exclude {
-    names: GlobSet,
-    dir_names: GlobSet,
-    paths: GlobSet,
+    names: Sets,
+    absolute: Sets,
+    relative: Sets,
+}
+
+/// Patterns of one kind: for every entry, and for directories only.
+#[derive(Debug, Clone, Default)]
+struct Sets {
+    any: GlobSet,
+    dirs: GlobSet,
+}
+
+impl Sets {
+    fn is_match(&self, p: impl AsRef<Path>, is_dir: bool) -> bool {
+        let p = p.as_ref();
+        self.any.is_match(p) || (is_dir && self.dirs.is_match(p))
+    }
 }
 
 impl Exclude {
     fn compile(patterns: &[String]) -> Result<Self, String> {
-        let (mut names, mut dirs, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new(), GlobSetBuilder::new());
+        struct Builders {
+            any: GlobSetBuilder,
+            dirs: GlobSetBuilder,
+        }
+        let new = || Builders { any: GlobSetBuilder::new(), dirs: GlobSetBuilder::new() };
+        let (mut names, mut absolute, mut relative) = (new(), new(), new());
         for p in patterns {
-            let glob = |s: &str| Glob::new(s).map_err(|e| format!("exclude pattern {p:?}: {e}"));
-            if let Some(d) = p.strip_suffix('/') {
-                if d.contains('/') {
-                    paths.add(glob(d)?);
-                } else {
-                    dirs.add(glob(d)?);
-                }
-            } else if p.contains('/') {
-                paths.add(glob(p)?);
+            let (body, dirs_only) = match p.strip_suffix('/') {
+                Some(b) => (b, true),
+                None => (p.as_str(), false),
+            };
+            if body.is_empty() || body == "/" {
+                return Err(format!("exclude pattern {p:?}: matches nothing"));
+            }
+            let kind = if body.starts_with('/') {
+                &mut absolute
+            } else if body.contains('/') {
+                &mut relative
             } else {
-                names.add(glob(p)?);
+                &mut names
+            };
+            let glob = GlobBuilder::new(body)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("exclude pattern {p:?}: {e}"))?;
+            if dirs_only {
+                kind.dirs.add(glob);
+            } else {
+                kind.any.add(glob);
             }
         }
-        let b = |g: GlobSetBuilder| g.build().map_err(|e| e.to_string());
-        Ok(Self { names: b(names)?, dir_names: b(dirs)?, paths: b(paths)? })
+        let b = |g: Builders| -> Result<Sets, String> {
+            let f = |s: GlobSetBuilder| s.build().map_err(|e| e.to_string());
+            Ok(Sets { any: f(g.any)?, dirs: f(g.dirs)? })
+        };
+        Ok(Self { names: b(names)?, absolute: b(absolute)?, relative: b(relative)? })
     }
 
-    /// Whether the entry at `path` (named `name`) is excluded.
-    pub fn excludes(&self, path: &Path, name: &std::ffi::OsStr, is_dir: bool) -> bool {
-        self.names.is_match(name) || (is_dir && self.dir_names.is_match(name)) || self.paths.is_match(path)
+    /// Whether the entry at the absolute `path` is excluded; `relative` is
+    /// its path relative to the dataset path it is under (never empty: the
+    /// dataset paths themselves are not subject to exclusion).
+    pub fn excludes(&self, path: &Path, relative: &Path, is_dir: bool) -> bool {
+        let name = path.file_name().unwrap_or(path.as_os_str());
+        self.names.is_match(name, is_dir)
+            || self.absolute.is_match(path, is_dir)
+            || self.relative.is_match(relative, is_dir)
     }
 }
 
@@ -245,10 +288,23 @@ threads = 0
 # Dataset yang dilindungi; tambahkan sesuai kebutuhan.
 # Datasets to protect; add as many as needed.
 #
+# Pola exclude: tanpa "/" cocok dengan nama entri di kedalaman mana pun ("*.tmp").
+# Exclude patterns: one without "/" matches an entry's name at any depth ("*.tmp").
+# Akhiran "/" berarti hanya direktori ("cache/", "var/cache/").
+# A trailing "/" means directories only ("cache/", "var/cache/").
+# Pola berawalan "/" cocok dengan path absolut ("/srv/simpeg/data/tmp").
+# A pattern starting with "/" matches the absolute path ("/srv/simpeg/data/tmp").
+# Pola lain yang memuat "/" relatif terhadap path dataset tempat entri berada:
+# "logs/*.gz" hanya cocok dengan <path dataset>/logs/a.gz, tidak lebih dalam.
+# Any other pattern containing "/" is relative to the dataset path the entry is
+# under: "logs/*.gz" matches <dataset path>/logs/a.gz only, not deeper.
+# "*" dan "?" tidak pernah cocok dengan "/"; "**" cocok dengan direktori berapa pun.
+# "*" and "?" never match "/"; "**" matches any number of directories.
+#
 # [[dataset]]
 # name = "simpeg"
 # paths = ["/srv/simpeg/data", "/etc/simpeg"]
-# exclude = ["*.tmp", "cache/"]
+# exclude = ["*.tmp", "cache/", "logs/*.gz", "/srv/simpeg/data/tmp"]
 "#,
         state = state_dir.display()
     )
@@ -266,10 +322,95 @@ mod tests {
         assert_eq!(s.server_name, "drc.example");
         assert_eq!(s.datasets.len(), 1);
         let ex = &s.datasets[0].exclude;
-        assert!(ex.excludes(Path::new("/srv/simpeg/a.tmp"), "a.tmp".as_ref(), false));
-        assert!(ex.excludes(Path::new("/srv/simpeg/cache"), "cache".as_ref(), true));
-        assert!(!ex.excludes(Path::new("/srv/simpeg/cache"), "cache".as_ref(), false));
-        assert!(!ex.excludes(Path::new("/srv/simpeg/a.txt"), "a.txt".as_ref(), false));
+        assert!(ex.excludes(Path::new("/srv/simpeg/a.tmp"), Path::new("a.tmp"), false));
+        assert!(ex.excludes(Path::new("/srv/simpeg/cache"), Path::new("cache"), true));
+        assert!(!ex.excludes(Path::new("/srv/simpeg/cache"), Path::new("cache"), false));
+        assert!(!ex.excludes(Path::new("/srv/simpeg/a.txt"), Path::new("a.txt"), false));
+    }
+
+    /// Compiles `patterns` and asks about an entry of the dataset path
+    /// `base`, at `rel` inside it.
+    fn excluded(patterns: &[&str], base: &str, rel: &str, is_dir: bool) -> bool {
+        let ex = Exclude::compile(&patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap();
+        ex.excludes(&Path::new(base).join(rel), Path::new(rel), is_dir)
+    }
+
+    #[test]
+    fn exclude_without_slash_matches_a_name_at_any_depth() {
+        for rel in ["a.tmp", "x/a.tmp", "x/y/z/.b.tmp"] {
+            assert!(excluded(&["*.tmp"], "/srv/d", rel, false), "{rel}");
+            assert!(excluded(&["*.tmp"], "/srv/d", rel, true), "{rel}");
+        }
+        assert!(!excluded(&["*.tmp"], "/srv/d", "a.tmp/b", false));
+        assert!(!excluded(&["*.tmp"], "/srv/d", "A.TMP", false));
+        assert!(excluded(&["build"], "/srv/d", "x/build", false));
+        assert!(excluded(&["?.log"], "/srv/d", "x/a.log", false));
+        // The dataset path's own components are not names of entries.
+        assert!(!excluded(&["d"], "/srv/d", "a", false));
+    }
+
+    #[test]
+    fn exclude_trailing_slash_means_directories_only() {
+        assert!(excluded(&["cache/"], "/srv/d", "cache", true));
+        assert!(excluded(&["cache/"], "/srv/d", "x/y/cache", true));
+        assert!(!excluded(&["cache/"], "/srv/d", "cache", false));
+        assert!(!excluded(&["cache/"], "/srv/d", "x/cache", false));
+        // With a "/" inside, too (relative and absolute).
+        assert!(excluded(&["var/cache/"], "/srv/d", "var/cache", true));
+        assert!(!excluded(&["var/cache/"], "/srv/d", "var/cache", false));
+        assert!(excluded(&["/srv/d/var/cache/"], "/srv/d", "var/cache", true));
+        assert!(!excluded(&["/srv/d/var/cache/"], "/srv/d", "var/cache", false));
+    }
+
+    #[test]
+    fn exclude_leading_slash_matches_the_absolute_path() {
+        assert!(excluded(&["/srv/x/tmp"], "/srv/x", "tmp", true));
+        assert!(excluded(&["/srv/x/tmp"], "/srv/x", "tmp", false));
+        assert!(!excluded(&["/srv/x/tmp"], "/srv/x", "a/tmp", true));
+        assert!(!excluded(&["/srv/x/tmp"], "/srv/y", "tmp", true));
+        // The dataset path can be a prefix of the pattern or not.
+        assert!(excluded(&["/srv/x/a/tmp"], "/srv/x/a", "tmp", false));
+        assert!(excluded(&["/srv/*/tmp"], "/srv/x", "tmp", false));
+    }
+
+    #[test]
+    fn exclude_relative_pattern_with_slash_is_anchored_at_the_dataset_path() {
+        assert!(excluded(&["logs/*.gz"], "/srv/d", "logs/a.gz", false));
+        assert!(excluded(&["logs/*.gz"], "/etc/other", "logs/a.gz", false));
+        assert!(!excluded(&["logs/*.gz"], "/srv/d", "logs/old/a.gz", false));
+        assert!(!excluded(&["logs/*.gz"], "/srv/d", "x/logs/a.gz", false));
+        assert!(!excluded(&["logs/*.gz"], "/srv/d", "logs/a.txt", false));
+        // Not matched against the absolute path.
+        assert!(!excluded(&["d/logs/*.gz"], "/srv/d", "logs/a.gz", false));
+    }
+
+    #[test]
+    fn exclude_star_and_question_mark_never_match_slash() {
+        assert!(!excluded(&["/srv/app/*.log"], "/srv/app", "2024/x.log", false));
+        assert!(excluded(&["/srv/app/*.log"], "/srv/app", "x.log", false));
+        assert!(!excluded(&["a?b/c"], "/srv/d", "a/b/c", false));
+        assert!(excluded(&["a?b/c"], "/srv/d", "a-b/c", false));
+        assert!(!excluded(&["x/*"], "/srv/d", "x/y/z", false));
+    }
+
+    #[test]
+    fn exclude_double_star_matches_any_number_of_directories() {
+        for rel in ["logs/a.gz", "x/logs/a.gz", "x/y/logs/a.gz"] {
+            assert!(excluded(&["**/logs/*.gz"], "/srv/d", rel, false), "{rel}");
+        }
+        for rel in ["build/a.o", "build/x/a.o", "build/x/y/a.o"] {
+            assert!(excluded(&["build/**/*.o"], "/srv/d", rel, false), "{rel}");
+        }
+        assert!(!excluded(&["build/**/*.o"], "/srv/d", "src/build/a.o", false));
+        assert!(excluded(&["/srv/**/tmp"], "/srv/d", "a/b/tmp", true));
+        assert!(excluded(&["build/**"], "/srv/d", "build/x/y", false));
+    }
+
+    #[test]
+    fn exclude_patterns_that_match_nothing_are_refused() {
+        for p in ["", "/", "//"] {
+            assert!(Exclude::compile(&[p.to_string()]).is_err(), "{p:?}");
+        }
     }
 
     #[test]

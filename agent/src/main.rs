@@ -43,6 +43,12 @@ enum Cmd {
         config: PathBuf,
     },
     /// Take one snapshot of each dataset (or of one) now.
+    ///
+    /// Exit status: 0 when every dataset's snapshot was committed with no
+    /// problems; 3 when every snapshot was committed but some entries could
+    /// not be read (or were skipped, or changed while read; each is logged
+    /// with its path); 1 when a dataset failed (the others are still
+    /// attempted) or the configuration is invalid; 2 on a usage error.
     Snapshot {
         #[arg(long, default_value = "/etc/pulih/agent.toml")]
         config: PathBuf,
@@ -55,6 +61,9 @@ enum Cmd {
     },
 }
 
+/// `snapshot`: every snapshot was committed, but some entries were not read.
+const EXIT_PROBLEMS: u8 = 3;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PULIH_LOG").unwrap_or_else(|_| "info".into()))
@@ -64,7 +73,7 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", pulih_core::report::chain(e.as_ref()));
             std::process::ExitCode::from(1)
         }
     }
@@ -90,7 +99,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 }
             }
             let tls = Arc::new(enroll::client_config(&settings)?);
-            let mut failed = 0;
+            let (mut failed, mut with_problems) = (0, 0);
             for ds in datasets {
                 match snapshot::run(&settings, ds, tls.clone(), !json) {
                     Ok(o) => {
@@ -109,15 +118,25 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                                 o.seconds
                             );
                         }
+                        if o.errors > 0 {
+                            with_problems += 1;
+                            eprintln!(
+                                "warning: dataset {}: snapshot committed, but {} entries could not be read; see the log",
+                                ds.name, o.errors
+                            );
+                        }
                     }
                     Err(e) => {
                         failed += 1;
-                        eprintln!("error: dataset {}: {e:#}", ds.name);
+                        eprintln!("error: dataset {}: {}", ds.name, pulih_core::report::chain(e.as_ref()));
                     }
                 }
             }
             if failed > 0 {
                 return Ok(std::process::ExitCode::from(1));
+            }
+            if with_problems > 0 {
+                return Ok(std::process::ExitCode::from(EXIT_PROBLEMS));
             }
         }
     }

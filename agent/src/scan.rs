@@ -288,14 +288,15 @@ impl Walker<'_> {
         if trie.leaf {
             // The dataset is "/" itself.
             let id = self.id();
-            return self.walk_dir(Path::new("/"), id, None, None, old.as_ref());
+            return self.walk_dir(Path::new("/"), Path::new("/"), id, None, None, old.as_ref());
         }
         let id = self.id();
         self.walk_virtual(&trie, PathBuf::from("/"), id, None, None, old.as_ref())
     }
 
     /// A directory that exists only to lead to dataset paths: its entries
-    /// are the next path components, its metadata the real directory's.
+    /// are the next path components, its mode and owner the real
+    /// directory's.
     fn walk_virtual(
         &mut self,
         trie: &PathTrie,
@@ -314,13 +315,22 @@ impl Walker<'_> {
             let ename = EntryName::new(name.clone())
                 .map_err(|e| ScanError::Root { path: child_path.clone(), source: io::Error::other(e) })?;
             if child.leaf {
-                self.entry(&child_path, ename, meta, (id, slot), old)?;
+                self.entry(&child_path, &child_path, ename, meta, (id, slot), old)?;
             } else {
                 let cid = self.id();
-                let tmpl = Done {
-                    entry: entry_of(ename.clone(), &meta, Node::Fifo),
-                    cache: Some(cache_of(&ename, &meta, CacheKind::Dir { record: [0; 32] })),
-                };
+                // A directory above a dataset path (`/srv` for `/srv/x/data`)
+                // is recorded with mtime 0, in its entry and in the change
+                // cache (ctime too): its times change whenever anything next
+                // to the dataset is created or removed (a file in `/tmp`), and
+                // recording them would make every snapshot of an unchanged
+                // dataset send new trees up to the root. Its contents in the
+                // snapshot are only the way to the dataset paths, so its times
+                // say nothing about the data.
+                let mut entry = entry_of(ename.clone(), &meta, Node::Fifo);
+                entry.mtime_ns = 0;
+                let mut cache = cache_of(&ename, &meta, CacheKind::Dir { record: [0; 32] });
+                (cache.mtime_ns, cache.ctime_ns) = (0, 0);
+                let tmpl = Done { entry, cache: Some(cache) };
                 let rec = self.child_record(old, name);
                 self.walk_virtual(child, child_path, cid, Some((id, slot)), Some(tmpl), rec.as_ref())?;
             }
@@ -328,9 +338,12 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// Walks the directory at `path`, which is `base` (a dataset path) or
+    /// inside it.
     fn walk_dir(
         &mut self,
         path: &Path,
+        base: &Path,
         id: usize,
         parent: Option<Slot>,
         template: Option<Done>,
@@ -361,7 +374,7 @@ impl Walker<'_> {
         for n in names {
             let p = path.join(&n);
             match std::fs::symlink_metadata(&p) {
-                Ok(m) if self.exclude.excludes(&p, &n, m.is_dir()) => {}
+                Ok(m) if self.exclude.excludes(&p, p.strip_prefix(base).unwrap_or(&p), m.is_dir()) => {}
                 Ok(m) => kept.push((n, p, m)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {} // vanished: not part of this snapshot
                 Err(e) => self.issues.add(&p, format!("cannot read metadata: {e}")),
@@ -378,14 +391,16 @@ impl Walker<'_> {
                     continue;
                 }
             };
-            self.entry(&p, name, m, (id, slot), old)?;
+            self.entry(&p, base, name, m, (id, slot), old)?;
         }
         Ok(())
     }
 
+    /// One entry at `path`, which is `base` (a dataset path) or inside it.
     fn entry(
         &mut self,
         path: &Path,
+        base: &Path,
         name: EntryName,
         m: Metadata,
         slot: Slot,
@@ -400,7 +415,7 @@ impl Walker<'_> {
                 cache: Some(cache_of(&name, &m, CacheKind::Dir { record: [0; 32] })),
             };
             let rec = self.child_record(old, name.as_bytes());
-            return self.walk_dir(path, id, Some(slot), Some(tmpl), rec.as_ref());
+            return self.walk_dir(path, base, id, Some(slot), Some(tmpl), rec.as_ref());
         }
         let out = if ft.is_file() {
             let unchanged = prev.filter(|c| {

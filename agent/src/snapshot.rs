@@ -6,7 +6,8 @@
 //! failures are retried; the retry resends only what the controller does not
 //! have yet. If the controller says something the cache relies on is missing
 //! or damaged, the next attempt runs without the cache and re-reads all files
-//! (F15).
+//! (F15). Only one snapshot of a dataset runs at a time (a lock file in the
+//! cache directory).
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,7 +78,8 @@ pub fn run(settings: &Settings, ds: &Dataset, tls: Arc<rustls::ClientConfig>, pr
                     use_cache = false;
                 }
                 let wait = BACKOFF[attempt as usize - 1];
-                warn!(dataset = %ds.name, error = %format!("{e:#}"), retry_in_s = wait, "snapshot attempt failed");
+                let error = pulih_core::report::chain(e.as_ref());
+                warn!(dataset = %ds.name, %error, retry_in_s = wait, "snapshot attempt failed");
                 std::thread::sleep(Duration::from_secs(wait));
             }
         }
@@ -93,6 +95,7 @@ fn once(
 ) -> Result<Outcome> {
     let started = Instant::now();
     let started_ns = now_ns();
+    let _lock = lock_dataset(settings, ds)?;
     let pack_path = settings.cache_dir().join(format!("{}.pack", ds.name));
     let parent = if use_cache {
         match PackReader::open(&pack_path) {
@@ -195,6 +198,29 @@ fn once(
         seconds,
         attempts: 1,
     })
+}
+
+/// Takes `<state_dir>/cache/<dataset>.lock` for one snapshot: two snapshots
+/// of one dataset at once (a timer run and a manual one) would write the same
+/// change cache. Released when the returned file is closed, also when the
+/// process dies. Failing to get it is permanent (not retried).
+fn lock_dataset(settings: &Settings, ds: &Dataset) -> Result<std::fs::File> {
+    let dir = settings.cache_dir();
+    let path = dir.join(format!("{}.lock", ds.name));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the lock {}", path.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            anyhow::bail!("another snapshot of dataset {} is already running (lock {})", ds.name, path.display())
+        }
+        Err(e) => Err(std::io::Error::from(e)).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 /// A progress bar on a terminal, periodic log lines otherwise.

@@ -224,7 +224,10 @@ fn f33_unreadable_entries_do_not_drop_siblings() {
     } else {
         std::process::Command::new(pulih_e2e::bin("pulih-agent"))
     };
-    let out = ok(cmd.args(["snapshot", "--json", "--config"]).arg(&agent.config));
+    let out = run(cmd.args(["snapshot", "--json", "--config"]).arg(&agent.config));
+    // Committed, with problems: exit status 3.
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(v["errors"], 2, "{out}");
     let dest = tmp.path().join("r");

@@ -376,7 +376,9 @@ impl Walker<'_> {
             match std::fs::symlink_metadata(&p) {
                 Ok(m) if self.exclude.excludes(&p, p.strip_prefix(base).unwrap_or(&p), m.is_dir()) => {}
                 Ok(m) => kept.push((n, p, m)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {} // vanished: not part of this snapshot
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.issues.add(&p, "vanished while the snapshot ran; not in this snapshot".into())
+                }
                 Err(e) => self.issues.add(&p, format!("cannot read metadata: {e}")),
             }
         }
@@ -464,10 +466,12 @@ impl Walker<'_> {
                     self.issues.add(path, "symlink target is empty or too long".into());
                     None
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.issues.add(path, "vanished while the snapshot ran; not in this snapshot".into());
+                    None
+                }
                 Err(e) => {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        self.issues.add(path, format!("cannot read symlink: {e}"));
-                    }
+                    self.issues.add(path, format!("cannot read symlink: {e}"));
                     None
                 }
             }
@@ -518,10 +522,12 @@ fn worker(
                 abort.store(true, Ordering::Relaxed);
                 return;
             }
+            Err(ReadFail::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                issues.add(&job.path, "vanished while the snapshot ran; not in this snapshot".into());
+                None
+            }
             Err(ReadFail::Io(e)) => {
-                if e.kind() != io::ErrorKind::NotFound {
-                    issues.add(&job.path, format!("cannot read file: {e}"));
-                }
+                issues.add(&job.path, format!("cannot read file: {e}"));
                 None
             }
         };

@@ -316,3 +316,51 @@ proptest! {
         assert_same_tree(&src, &dest);
     }
 }
+
+/// Files deleted while the snapshot runs are reported, not fatal; what was
+/// captured restores exactly, and nothing stored before is affected.
+#[test]
+fn files_vanishing_mid_snapshot_are_reported_and_the_rest_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let content = |i: u64| bytes(i, 20_000 + (i as usize % 7) * 1000);
+    for i in 0..1500u64 {
+        fs::write(src.join(format!("f{i:04}")), content(i)).unwrap();
+    }
+    let ctl = Controller::start(tmp.path());
+    let agent = ctl.enroll(tmp.path(), "opd");
+    agent.add_dataset("d", &[&src], &[]);
+    let first = agent.snapshot();
+    for i in 0..1500u64 {
+        fs::write(src.join(format!("f{i:04}")), content(i + 10_000)).unwrap();
+    }
+    let deleter = {
+        let src = src.clone();
+        std::thread::spawn(move || {
+            for i in (0..1500u64).rev().step_by(2) {
+                let _ = fs::remove_file(src.join(format!("f{i:04}")));
+            }
+        })
+    };
+    let out = agent.snapshot_raw();
+    deleter.join().unwrap();
+    let code = out.status.code();
+    assert!(code == Some(0) || code == Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(code == Some(3), v["errors"].as_u64().unwrap() > 0, "{v}");
+    ok(&mut ctl.cmd(&["verify", "--all"]));
+    // Every file in the new snapshot has its new content.
+    let dest = tmp.path().join("r");
+    assert!(ctl.restore(v["id"].as_str().unwrap(), Some(&src), &dest).status.success());
+    for e in fs::read_dir(&dest).unwrap() {
+        let e = e.unwrap();
+        let i: u64 = e.file_name().to_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(fs::read(e.path()).unwrap(), content(i + 10_000), "{:?}", e.file_name());
+    }
+    // The earlier snapshot is whole.
+    let dest1 = tmp.path().join("r1");
+    assert!(ctl.restore(&first.id, Some(&src), &dest1).status.success());
+    assert_eq!(fs::read_dir(&dest1).unwrap().count(), 1500);
+}

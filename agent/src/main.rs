@@ -9,6 +9,21 @@ use clap::{Parser, Subcommand};
 use pulih_agent::config::Settings;
 use pulih_agent::{enroll, snapshot};
 
+/// `println!` that ends the program quietly when standard output is closed
+/// (`pulih-... | head`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: writing to standard output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 /// Pulih agent: protects this server's data by replicating it to the
 /// Disaster Recovery Centre.
 #[derive(Parser)]
@@ -83,8 +98,8 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
     match cli.cmd {
         Cmd::Enroll { controller, token, fingerprint, name, state_dir, config } => {
             enroll::enroll(&controller, &token, &fingerprint, &name, &state_dir, &config)?;
-            println!("Enrolled as {name}. Configuration written to {}.", config.display());
-            println!("Add [[dataset]] tables to it, then run: pulih-agent snapshot --config {}", config.display());
+            out!("Enrolled as {name}. Configuration written to {}.", config.display());
+            out!("Add [[dataset]] tables to it, then run: pulih-agent snapshot --config {}", config.display());
         }
         Cmd::Snapshot { config, dataset, json } => {
             let settings = Settings::load(&config)?;
@@ -104,9 +119,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 match snapshot::run(&settings, ds, tls.clone(), !json) {
                     Ok(o) => {
                         if json {
-                            println!("{}", serde_json::to_string(&o)?);
+                            out!("{}", serde_json::to_string(&o)?);
                         } else {
-                            println!(
+                            out!(
                                 "{}: snapshot {} — {} files, {:.1} MiB read, {:.1} MiB sent, {:.1} MiB new at the DRC, {} problem(s), {:.2} s",
                                 o.dataset,
                                 &o.id[..12],

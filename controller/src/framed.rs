@@ -138,6 +138,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         poll_fn(|cx| Pin::new(&mut self.stream).poll_shutdown(cx)).await
     }
 
+    /// After [`Framed::finish`], reads and discards what the peer still
+    /// sends, for at most `limit` bytes: closing a socket with unread data
+    /// makes the kernel send a reset, which can destroy our error message
+    /// before the peer reads it ("lingering close").
+    pub async fn drain(&mut self, limit: usize) {
+        let mut seen = 0;
+        while seen < limit {
+            let mut rb = ReadBuf::new(&mut self.scratch[..]);
+            match poll_fn(|cx| Pin::new(&mut self.stream).poll_read(cx, &mut rb)).await {
+                Ok(()) if !rb.filled().is_empty() => seen += rb.filled().len(),
+                _ => break,
+            }
+        }
+    }
+
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
         &self.stream

@@ -18,6 +18,21 @@ use pulih_controller::{pki, restore};
 use pulih_core::{AgentName, TreeId};
 use tokio_util::sync::CancellationToken;
 
+/// `println!` that ends the program quietly when standard output is closed
+/// (`pulih-... | head`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: writing to standard output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 /// Pulih controller: receives, verifies, stores and restores replicated data
 /// at the Disaster Recovery Centre.
 #[derive(Parser)]
@@ -151,10 +166,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let dd = DataDir::new(&dir.data_dir);
             dd.init(&controller_name, &listen, &names)?;
             let ca = Ca::load(&dd.pki())?;
-            println!("Data directory created: {}", dd.root.display());
-            println!("CA fingerprint: {}", ca.fingerprint());
-            println!("Next: pulih-controller serve --data-dir {}", dd.root.display());
-            println!("      pulih-controller enroll-agent NAME --data-dir {}", dd.root.display());
+            out!("Data directory created: {}", dd.root.display());
+            out!("CA fingerprint: {}", ca.fingerprint());
+            out!("Next: pulih-controller serve --data-dir {}", dd.root.display());
+            out!("      pulih-controller enroll-agent NAME --data-dir {}", dd.root.display());
         }
         Cmd::Serve { dir, listen } => {
             let dd = DataDir::new(&dir.data_dir);
@@ -205,18 +220,18 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let ttl = cfg.enroll.token_ttl_hours as i64 * 3600;
             let expires = dd.catalog()?.add_token(&server::token_hash(&token), &agent, ttl)?;
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"token": token, "fingerprint": ca.fingerprint().to_string(), "agent": name, "expires_at": expires})
                 );
             } else {
-                println!("Agent:        {name}");
-                println!("Token:        {token}");
-                println!("Fingerprint:  {}", ca.fingerprint());
-                println!("Expires:      {}", pulih_controller::catalog::rfc3339_ns(expires * 1_000_000_000));
-                println!();
-                println!("On the agent's host run:");
-                println!(
+                out!("Agent:        {name}");
+                out!("Token:        {token}");
+                out!("Fingerprint:  {}", ca.fingerprint());
+                out!("Expires:      {}", pulih_controller::catalog::rfc3339_ns(expires * 1_000_000_000));
+                out!();
+                out!("On the agent's host run:");
+                out!(
                     "  pulih-agent enroll --controller HOST:{} --token {token} --fingerprint {} --name {name}",
                     cfg.controller.listen.rsplit(':').next().unwrap_or("7443"),
                     ca.fingerprint()
@@ -227,32 +242,38 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let dd = DataDir::new(&dir.data_dir);
             let agent = AgentName::new(&name)?;
             let n = dd.catalog()?.revoke_agent(&agent)?;
-            println!("Agent {name} revoked ({n} certificate(s)); it is refused from its next connection on.");
+            out!("Agent {name} revoked ({n} certificate(s)); it is refused from its next connection on.");
         }
         Cmd::Agents { dir, json } => {
             let agents = DataDir::new(&dir.data_dir).catalog()?.agents()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&agents)?);
+                out!("{}", serde_json::to_string_pretty(&agents)?);
             } else {
-                println!("{:<24} {:<8} LAST SEEN", "AGENT", "STATUS");
+                out!("{:<24} {:<8} LAST SEEN", "AGENT", "STATUS");
                 for a in agents {
                     let seen =
                         a.last_seen_at.map_or("-".into(), |s| pulih_controller::catalog::rfc3339_ns(s * 1_000_000_000));
-                    println!("{:<24} {:<8} {seen}", a.name, a.status);
+                    out!("{:<24} {:<8} {seen}", a.name, a.status);
                 }
             }
         }
         Cmd::Snapshots { dir, agent, dataset, json } => {
             let rows = DataDir::new(&dir.data_dir).catalog()?.snapshots(agent.as_deref(), dataset.as_deref())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                out!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!(
+                out!(
                     "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10}",
-                    "ID", "AGENT", "DATASET", "TIME", "FILES", "SIZE", "NEW"
+                    "ID",
+                    "AGENT",
+                    "DATASET",
+                    "TIME",
+                    "FILES",
+                    "SIZE",
+                    "NEW"
                 );
                 for r in &rows {
-                    println!(
+                    out!(
                         "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10}",
                         &r.id[..12],
                         r.agent,
@@ -263,7 +284,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                         human(r.bytes_new)
                     );
                 }
-                println!("{} snapshot(s)", rows.len());
+                out!("{} snapshot(s)", rows.len());
             }
         }
         Cmd::Restore { dir, snapshot, dest, path, agent, dataset, json } => {
@@ -288,9 +309,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 .with_context(|| format!("restoring snapshot {} into {}", &snap.id[..12], dest.display()))?;
             let secs = started.elapsed().as_secs_f64();
             if json {
-                println!("{}", serde_json::json!({"snapshot": snap.id, "dest": dest, "stats": stats, "seconds": secs}));
+                out!("{}", serde_json::json!({"snapshot": snap.id, "dest": dest, "stats": stats, "seconds": secs}));
             } else {
-                println!(
+                out!(
                     "Restored snapshot {} into {}: {} files, {} dirs, {} symlinks, {} hard links, {} in {:.2} s",
                     &snap.id[..12],
                     dest.display(),
@@ -325,19 +346,12 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
             let report = v.report;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 for d in &report.damage {
-                    println!(
-                        "DAMAGED snapshot {} path {} {} {}: {}",
-                        &d.snapshot[..12],
-                        d.path,
-                        d.kind,
-                        d.id,
-                        d.reason
-                    );
+                    out!("DAMAGED snapshot {} path {} {} {}: {}", &d.snapshot[..12], d.path, d.kind, d.id, d.reason);
                 }
-                println!(
+                out!(
                     "Verified {} snapshot(s): {} trees, {} chunks, {} checked in {} s; {} damaged reference(s)",
                     report.snapshots,
                     report.trees_checked,

@@ -254,6 +254,10 @@ impl Server {
             };
             warn!(reason = %message, "session failed");
             conn.queue(&Message::Error { code, message });
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.finish()).await;
+            // Let the agent read the error before the connection is reset.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.drain(64 * 1024 * 1024)).await;
+            return result;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), conn.finish()).await;
         result

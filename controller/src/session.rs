@@ -114,7 +114,19 @@ impl UploadSession {
         let cat = self.catalog();
         let mut out = Vec::new();
         for id in ids {
-            if !self.known(&cat, &BlobRef::chunk(id))? {
+            let blob = BlobRef::chunk(id);
+            let have = self.received.contains(&blob)
+                || (cat.agent_has(self.agent_id, &blob)? && {
+                    // Never let an agent deduplicate against a file that is
+                    // gone (F7, F15): forget it and ask for it again.
+                    let present = self.backend.store.present(&blob)?;
+                    if !present {
+                        warn!(blob = %blob.hex(), "recorded chunk is missing from the store; asking for it again");
+                        cat.forget_blob(&blob)?;
+                    }
+                    present
+                });
+            if !have {
                 out.push(*id);
             }
         }
@@ -145,8 +157,11 @@ impl UploadSession {
         {
             let cat = self.catalog();
             let refs = chunks.iter().map(BlobRef::chunk).chain(trees.iter().map(BlobRef::tree));
+            // Check every reference (not only the first): a retry then
+            // re-uploads all that is gone in one go.
+            let mut missing: Vec<BlobRef> = Vec::new();
             for r in refs {
-                let missing = if self.received.contains(&r) {
+                let absent = if self.received.contains(&r) {
                     false
                 } else if cat.agent_has(self.agent_id, &r)? {
                     // Deduplicated against an earlier upload: make sure it
@@ -161,17 +176,21 @@ impl UploadSession {
                 } else {
                     true
                 };
-                if missing {
-                    return Err(SessionError::new(
-                        ErrorCode::MissingReference,
-                        format!(
-                            "tree {} references {} {} that is not stored for this agent",
-                            id.short(),
-                            r.kind.name(),
-                            r.hex()
-                        ),
-                    ));
+                if absent {
+                    missing.push(r);
                 }
+            }
+            if let Some(first) = missing.first() {
+                return Err(SessionError::new(
+                    ErrorCode::MissingReference,
+                    format!(
+                        "tree {} references {} blob(s) not stored for this agent, first {} {}",
+                        id.short(),
+                        missing.len(),
+                        first.kind.name(),
+                        first.hex()
+                    ),
+                ));
             }
         }
         self.stage(BlobRef::tree(&id), raw_len.into(), &data)

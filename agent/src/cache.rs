@@ -29,9 +29,9 @@ use std::sync::Arc;
 
 use pulih_core::codec;
 use pulih_core::enc::{DecodeError, Reader, Writer};
-use pulih_core::formats::{MAX_CHUNK_LEN, MAX_NAME_LEN, MAX_TREE_LEN};
-use pulih_core::tree::Segment;
-use pulih_core::{ChunkId, SnapshotId, TreeId};
+use pulih_core::formats::{MAX_NAME_LEN, MAX_TREE_LEN};
+use pulih_core::tree::{self, Segment};
+use pulih_core::{SnapshotId, TreeId};
 
 const PACK_MAGIC: &[u8; 8] = b"PULIHPCK";
 const PACK_END: &[u8; 8] = b"PULIHEND";
@@ -97,20 +97,7 @@ impl DirRecord {
                 CacheKind::File { flags, segments } => {
                     w.u8(1);
                     w.u8(*flags);
-                    w.count(segments.len());
-                    for s in segments {
-                        match s {
-                            Segment::Data { id, len } => {
-                                w.u8(0);
-                                w.raw(id.as_bytes());
-                                w.u32(*len);
-                            }
-                            Segment::Hole { len } => {
-                                w.u8(1);
-                                w.u64(*len);
-                            }
-                        }
-                    }
+                    tree::encode_segments(&mut w, segments);
                 }
                 CacheKind::Dir { record } => {
                     w.u8(2);
@@ -141,22 +128,7 @@ impl DirRecord {
             let kind = match r.u8("kind")? {
                 1 => {
                     let flags = r.u8("flags")?;
-                    let ns = r.count("segments", u32::MAX, 9)?;
-                    let mut segments = Vec::with_capacity(ns);
-                    for _ in 0..ns {
-                        segments.push(match r.u8("segment")? {
-                            0 => {
-                                let id = ChunkId::from_bytes(r.array("chunk")?);
-                                let len = r.u32("len")?;
-                                if len == 0 || len > MAX_CHUNK_LEN {
-                                    return Err(r.invalid("len", "out of range"));
-                                }
-                                Segment::Data { id, len }
-                            }
-                            1 => Segment::Hole { len: r.u64("hole")? },
-                            _ => return Err(r.invalid("segment", "unknown kind")),
-                        });
-                    }
+                    let segments = tree::decode_segments(&mut r)?;
                     CacheKind::File { flags, segments }
                 }
                 2 => CacheKind::Dir { record: r.array("record")? },
@@ -339,6 +311,7 @@ impl PendingPack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pulih_core::ChunkId;
 
     fn rec(n: u8) -> DirRecord {
         DirRecord {

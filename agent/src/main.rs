@@ -8,21 +8,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use pulih_agent::config::Settings;
 use pulih_agent::{enroll, snapshot};
-
-/// `println!` that ends the program quietly when standard output is closed
-/// (`pulih-... | head`) instead of panicking.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-            eprintln!("error: writing to standard output: {e}");
-            std::process::exit(1);
-        }
-    }};
-}
+use pulih_core::out;
 
 /// Pulih agent: protects this server's data by replicating it to the
 /// Disaster Recovery Centre.

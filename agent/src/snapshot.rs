@@ -13,13 +13,13 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use pulih_core::formats::CHUNKER_VERSION;
 use pulih_core::protocol::{ErrorCode, Message};
 use pulih_core::snapshot::SnapshotRecord;
-use pulih_core::SnapshotId;
+use pulih_core::{now_ns, SnapshotId};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -47,10 +47,6 @@ pub struct Outcome {
 
 /// How long to wait before retry n (1-based).
 const BACKOFF: [u64; 3] = [1, 3, 8];
-
-fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
-}
 
 /// Takes one snapshot of `ds`, retrying temporary failures.
 pub fn run(settings: &Settings, ds: &Dataset, tls: Arc<rustls::ClientConfig>, progress_bar: bool) -> Result<Outcome> {

@@ -15,23 +15,9 @@ use pulih_controller::pki::Ca;
 use pulih_controller::server::{self, Limits, Server};
 use pulih_controller::verify::Verifier;
 use pulih_controller::{pki, restore};
+use pulih_core::out;
 use pulih_core::{AgentName, TreeId};
 use tokio_util::sync::CancellationToken;
-
-/// `println!` that ends the program quietly when standard output is closed
-/// (`pulih-... | head`) instead of panicking.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-            eprintln!("error: writing to standard output: {e}");
-            std::process::exit(1);
-        }
-    }};
-}
 
 /// Pulih controller: receives, verifies, stores and restores replicated data
 /// at the Disaster Recovery Centre.

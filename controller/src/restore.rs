@@ -205,32 +205,14 @@ impl Ctx<'_> {
             }
             Node::Symlink { target } => {
                 rustix::fs::symlinkat(OsStr::from_bytes(target), dir, name).map_err(|x| io_at(&path)(x.into()))?;
-                if self.owners {
-                    rustix::fs::chownat(
-                        dir,
-                        name,
-                        Some(rustix::fs::Uid::from_raw(e.uid)),
-                        Some(rustix::fs::Gid::from_raw(e.gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|x| io_at(&path)(x.into()))?;
-                }
+                self.own_at(dir, name, e, &path)?;
                 rustix::fs::utimensat(dir, name, &times(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|x| io_at(&path)(x.into()))?;
                 self.stats.symlinks += 1;
             }
             Node::Fifo => {
                 rustix::fs::mknodat(dir, name, FileType::Fifo, mode, 0).map_err(|x| io_at(&path)(x.into()))?;
-                if self.owners {
-                    rustix::fs::chownat(
-                        dir,
-                        name,
-                        Some(rustix::fs::Uid::from_raw(e.uid)),
-                        Some(rustix::fs::Gid::from_raw(e.gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|x| io_at(&path)(x.into()))?;
-                }
+                self.own_at(dir, name, e, &path)?;
                 rustix::fs::chmodat(dir, name, mode, AtFlags::empty()).map_err(|x| io_at(&path)(x.into()))?;
                 rustix::fs::utimensat(dir, name, &times(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|x| io_at(&path)(x.into()))?;
@@ -243,6 +225,16 @@ impl Ctx<'_> {
     fn own(&self, fd: impl AsFd, e: &Entry, path: &[Vec<u8>]) -> Result<(), RestoreError> {
         if self.owners {
             rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(e.uid)), Some(rustix::fs::Gid::from_raw(e.gid)))
+                .map_err(|x| io_at(path)(x.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the owner of a non-directory entry without following a link.
+    fn own_at(&self, dir: &OwnedFd, name: &OsStr, e: &Entry, path: &[Vec<u8>]) -> Result<(), RestoreError> {
+        if self.owners {
+            let (uid, gid) = (rustix::fs::Uid::from_raw(e.uid), rustix::fs::Gid::from_raw(e.gid));
+            rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|x| io_at(path)(x.into()))?;
         }
         Ok(())

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use pulih_core::formats::PROTOCOL_VERSION;
 use pulih_core::protocol::{ErrorCode, Message, ALPN_ENROLL};
 use pulih_core::tls::{self, ClientCheck, Fingerprint};
-use pulih_core::AgentName;
+use pulih_core::{now_ns, AgentName};
 use rustls::pki_types::CertificateDer;
 use rustls::server::Acceptor;
 use rustls::ServerConfig;
@@ -362,10 +362,6 @@ impl Server {
 /// blake3 of an enrollment token, as stored in the catalog.
 pub fn token_hash(token: &str) -> String {
     blake3::hash(token.trim().as_bytes()).to_hex().to_string()
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// Opens the backend of a data directory.

@@ -24,3 +24,8 @@ pub mod tree;
 
 pub use id::{ChunkId, SnapshotId, TreeId};
 pub use names::{AgentName, DatasetName};
+
+/// Current time, nanoseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}

@@ -19,6 +19,22 @@ pub fn chain(e: &(dyn Error + 'static)) -> String {
     out
 }
 
+/// `println!` that ends the program quietly when standard output is closed
+/// (`pulih-controller snapshots | head`) instead of panicking.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: writing to standard output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

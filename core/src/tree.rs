@@ -204,20 +204,7 @@ impl Tree {
                     w.u64(*size);
                     w.u64(link_group.map_or(0, NonZeroU64::get));
                     w.u8(*flags);
-                    w.count(segments.len());
-                    for s in segments {
-                        match s {
-                            Segment::Data { id, len } => {
-                                w.u8(0);
-                                w.raw(id.as_bytes());
-                                w.u32(*len);
-                            }
-                            Segment::Hole { len } => {
-                                w.u8(1);
-                                w.u64(*len);
-                            }
-                        }
-                    }
+                    encode_segments(&mut w, segments);
                 }
                 Node::Dir { tree } => w.raw(tree.as_bytes()),
                 Node::Symlink { target } => w.bytes(target),
@@ -275,33 +262,11 @@ impl Tree {
                     if flags & !FLAG_CHANGED_WHILE_READ != 0 {
                         return Err(r.invalid("file flags", format!("unknown flags {flags:#x}")).into());
                     }
-                    let nseg = r.count("segment count", u32::MAX, 9)?;
-                    let mut segments = Vec::with_capacity(nseg);
+                    let segments = decode_segments(&mut r)?;
                     let mut total: u64 = 0;
-                    for _ in 0..nseg {
-                        let seg = match r.u8("segment kind")? {
-                            0 => {
-                                let id = ChunkId::from_bytes(r.array("chunk id")?);
-                                let len = r.u32("chunk length")?;
-                                if len == 0 || len > MAX_CHUNK_LEN {
-                                    return Err(r
-                                        .invalid("chunk length", format!("{len} not in 1..={MAX_CHUNK_LEN}"))
-                                        .into());
-                                }
-                                Segment::Data { id, len }
-                            }
-                            1 => {
-                                let len = r.u64("hole length")?;
-                                if len == 0 {
-                                    return Err(r.invalid("hole length", "zero").into());
-                                }
-                                Segment::Hole { len }
-                            }
-                            k => return Err(r.invalid("segment kind", format!("unknown kind {k}")).into()),
-                        };
+                    for seg in &segments {
                         total =
                             total.checked_add(seg.len()).ok_or_else(|| r.invalid("file size", "segments overflow"))?;
-                        segments.push(seg);
                     }
                     if total != size {
                         return Err(r.invalid("file size", format!("size {size} but segments sum to {total}")).into());
@@ -341,6 +306,51 @@ impl Tree {
         }
         (chunks, trees)
     }
+}
+
+/// Appends a file's segment list (shared with the agent's change cache).
+pub fn encode_segments(w: &mut Writer, segments: &[Segment]) {
+    w.count(segments.len());
+    for s in segments {
+        match s {
+            Segment::Data { id, len } => {
+                w.u8(0);
+                w.raw(id.as_bytes());
+                w.u32(*len);
+            }
+            Segment::Hole { len } => {
+                w.u8(1);
+                w.u64(*len);
+            }
+        }
+    }
+}
+
+/// Reads and validates a segment list written by [`encode_segments`].
+pub fn decode_segments(r: &mut Reader<'_>) -> Result<Vec<Segment>, DecodeError> {
+    let nseg = r.count("segment count", u32::MAX, 9)?;
+    let mut segments = Vec::with_capacity(nseg);
+    for _ in 0..nseg {
+        segments.push(match r.u8("segment kind")? {
+            0 => {
+                let id = ChunkId::from_bytes(r.array("chunk id")?);
+                let len = r.u32("chunk length")?;
+                if len == 0 || len > MAX_CHUNK_LEN {
+                    return Err(r.invalid("chunk length", format!("{len} not in 1..={MAX_CHUNK_LEN}")));
+                }
+                Segment::Data { id, len }
+            }
+            1 => {
+                let len = r.u64("hole length")?;
+                if len == 0 {
+                    return Err(r.invalid("hole length", "zero"));
+                }
+                Segment::Hole { len }
+            }
+            k => return Err(r.invalid("segment kind", format!("unknown kind {k}"))),
+        });
+    }
+    Ok(segments)
 }
 
 #[cfg(test)]

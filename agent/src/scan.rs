@@ -625,7 +625,10 @@ fn read_file(
                 s.insert(id)
             };
             if fresh {
-                let packed = zstd.compress(&data);
+                let mut packed = zstd.compress(&data);
+                // zstd sizes its output for the worst case (about the raw
+                // size); queued chunks would otherwise hold raw-size buffers.
+                packed.shrink_to_fit();
                 items.send(Item::Chunk { id, raw_len, data: packed }).map_err(|_| ReadFail::Aborted)?;
             }
         }

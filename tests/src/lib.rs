@@ -337,3 +337,16 @@ impl Controller {
         self.child.as_ref().map(Child::id)
     }
 }
+
+/// Sets a path's access and modification times (nanoseconds since the
+/// epoch) without following a symlink.
+pub fn set_mtime(p: &Path, ns: i64) {
+    let t = rustix::fs::Timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) as _ };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &rustix::fs::Timestamps { last_access: t, last_modification: t },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}

@@ -7,19 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Output;
 
-use pulih_e2e::{free_port, Controller};
-use rustix::fs::{Timespec, Timestamps, CWD};
-
-fn set_mtime(p: &Path, ns: i64) {
-    let t = Timespec { tv_sec: ns / 1_000_000_000, tv_nsec: (ns % 1_000_000_000) as _ };
-    rustix::fs::utimensat(
-        CWD,
-        p,
-        &Timestamps { last_access: t, last_modification: t },
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
-}
+use pulih_e2e::{free_port, set_mtime, Controller};
 
 fn write(p: &Path, data: &[u8]) {
     fs::create_dir_all(p.parent().unwrap()).unwrap();

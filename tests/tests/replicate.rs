@@ -8,19 +8,8 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
 use proptest::prelude::*;
-use pulih_e2e::{assert_same_tree, bytes, ok, run, Controller};
-use rustix::fs::{Mode, Timespec, Timestamps, CWD};
-
-fn set_mtime(p: &Path, ns: i64) {
-    let t = Timespec { tv_sec: ns / 1_000_000_000, tv_nsec: (ns % 1_000_000_000) as _ };
-    rustix::fs::utimensat(
-        CWD,
-        p,
-        &Timestamps { last_access: t, last_modification: t },
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
-}
+use pulih_e2e::{assert_same_tree, bytes, ok, run, set_mtime, Controller};
+use rustix::fs::{Mode, CWD};
 
 /// A tree with every kind of entry the format knows.
 fn build_rich_tree(src: &Path) {

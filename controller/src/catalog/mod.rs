@@ -13,8 +13,9 @@
 //! * a snapshot row is written in the same transaction that makes the last
 //!   of its blobs owned: listing never shows a partial snapshot.
 //!
-//! The schema version is `PRAGMA user_version`; opening a catalog of an
-//! unknown version fails with a clear message.
+//! The schema version is `PRAGMA user_version`. Opening an older catalog
+//! upgrades it in one transaction (see [`schema`]); a newer one is refused
+//! with a clear message.
 
 use std::path::Path;
 
@@ -25,78 +26,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::store::{BlobKind, BlobRef};
 
-/// Schema version written by this build.
-pub const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = r#"
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE agents (
-    id           INTEGER PRIMARY KEY,
-    name         TEXT NOT NULL UNIQUE,
-    status       TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
-    created_at   INTEGER NOT NULL,
-    revoked_at   INTEGER,
-    last_seen_at INTEGER
-);
-CREATE TABLE certificates (
-    fingerprint TEXT PRIMARY KEY,
-    agent_id    INTEGER NOT NULL REFERENCES agents(id),
-    serial      TEXT NOT NULL,
-    not_before  INTEGER NOT NULL,
-    not_after   INTEGER NOT NULL,
-    issued_at   INTEGER NOT NULL,
-    revoked_at  INTEGER
-);
-CREATE TABLE enroll_tokens (
-    token_hash TEXT PRIMARY KEY,
-    agent_name TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    used_at    INTEGER
-);
-CREATE TABLE blobs (
-    kind       INTEGER NOT NULL CHECK (kind IN (1, 2)),
-    id         BLOB NOT NULL CHECK (length(id) = 32),
-    raw_len    INTEGER NOT NULL,
-    stored_len INTEGER NOT NULL,
-    stored_at  INTEGER NOT NULL,
-    PRIMARY KEY (kind, id)
-) WITHOUT ROWID;
-CREATE TABLE agent_blobs (
-    agent_id INTEGER NOT NULL,
-    kind     INTEGER NOT NULL,
-    id       BLOB NOT NULL,
-    PRIMARY KEY (agent_id, kind, id)
-) WITHOUT ROWID;
-CREATE TABLE datasets (
-    id       INTEGER PRIMARY KEY,
-    agent_id INTEGER NOT NULL REFERENCES agents(id),
-    name     TEXT NOT NULL,
-    UNIQUE (agent_id, name)
-);
-CREATE TABLE snapshots (
-    id           TEXT PRIMARY KEY,
-    agent_id     INTEGER NOT NULL REFERENCES agents(id),
-    dataset_id   INTEGER NOT NULL REFERENCES datasets(id),
-    host         TEXT NOT NULL,
-    started_ns   INTEGER NOT NULL,
-    finished_ns  INTEGER NOT NULL,
-    root_tree    TEXT NOT NULL,
-    parent       TEXT,
-    files        INTEGER NOT NULL,
-    bytes        INTEGER NOT NULL,
-    bytes_read   INTEGER NOT NULL,
-    bytes_sent   INTEGER NOT NULL,
-    bytes_new    INTEGER NOT NULL,
-    errors       INTEGER NOT NULL,
-    committed_at INTEGER NOT NULL,
-    record       BLOB NOT NULL
-);
-CREATE INDEX snapshots_by_dataset ON snapshots (dataset_id, started_ns);
-"#;
+mod schema;
+pub use schema::SCHEMA_VERSION;
 
 /// Catalog failures.
 #[derive(Debug, thiserror::Error)]
@@ -191,8 +122,7 @@ impl Catalog {
     pub fn create(path: &Path, controller_name: &str) -> Result<Self, CatalogError> {
         let conn = Connection::open(path)?;
         configure(&conn)?;
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        schema::migrate(&conn, 0)?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('controller_name', ?1), ('created_at', ?2)",
             params![controller_name, now_secs().to_string()],
@@ -208,9 +138,10 @@ impl Catalog {
         let conn = Connection::open(path)?;
         configure(&conn)?;
         let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if found != SCHEMA_VERSION {
+        if !(1..=SCHEMA_VERSION).contains(&found) {
             return Err(CatalogError::Version { found });
         }
+        schema::migrate(&conn, found)?;
         Ok(Self { conn })
     }
 

@@ -1,0 +1,137 @@
+//! Catalog schema and its migrations.
+//!
+//! `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`; a new
+//! catalog runs them all. Each step runs in its own transaction together
+//! with the `user_version` update, so a crash mid-upgrade leaves the old
+//! version intact. Steps are never edited once released: a change to the
+//! schema is a new step at the end (and a row in `docs/*/database.md`).
+
+use rusqlite::Connection;
+
+use super::CatalogError;
+
+/// Schema version written by this build.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+const MIGRATIONS: &[&str] = &[V1, V2];
+
+/// Version 1: agents, certificates, enrollment tokens, blobs, datasets, snapshots.
+const V1: &str = r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE agents (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    status       TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+    created_at   INTEGER NOT NULL,
+    revoked_at   INTEGER,
+    last_seen_at INTEGER
+);
+CREATE TABLE certificates (
+    fingerprint TEXT PRIMARY KEY,
+    agent_id    INTEGER NOT NULL REFERENCES agents(id),
+    serial      TEXT NOT NULL,
+    not_before  INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    issued_at   INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE enroll_tokens (
+    token_hash TEXT PRIMARY KEY,
+    agent_name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER
+);
+CREATE TABLE blobs (
+    kind       INTEGER NOT NULL CHECK (kind IN (1, 2)),
+    id         BLOB NOT NULL CHECK (length(id) = 32),
+    raw_len    INTEGER NOT NULL,
+    stored_len INTEGER NOT NULL,
+    stored_at  INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE TABLE agent_blobs (
+    agent_id INTEGER NOT NULL,
+    kind     INTEGER NOT NULL,
+    id       BLOB NOT NULL,
+    PRIMARY KEY (agent_id, kind, id)
+) WITHOUT ROWID;
+CREATE TABLE datasets (
+    id       INTEGER PRIMARY KEY,
+    agent_id INTEGER NOT NULL REFERENCES agents(id),
+    name     TEXT NOT NULL,
+    UNIQUE (agent_id, name)
+);
+CREATE TABLE snapshots (
+    id           TEXT PRIMARY KEY,
+    agent_id     INTEGER NOT NULL REFERENCES agents(id),
+    dataset_id   INTEGER NOT NULL REFERENCES datasets(id),
+    host         TEXT NOT NULL,
+    started_ns   INTEGER NOT NULL,
+    finished_ns  INTEGER NOT NULL,
+    root_tree    TEXT NOT NULL,
+    parent       TEXT,
+    files        INTEGER NOT NULL,
+    bytes        INTEGER NOT NULL,
+    bytes_read   INTEGER NOT NULL,
+    bytes_sent   INTEGER NOT NULL,
+    bytes_new    INTEGER NOT NULL,
+    errors       INTEGER NOT NULL,
+    committed_at INTEGER NOT NULL,
+    record       BLOB NOT NULL
+);
+CREATE INDEX snapshots_by_dataset ON snapshots (dataset_id, started_ns);
+"#;
+
+/// Version 2: what running agents report about their datasets (issue 3).
+const V2: &str = r#"
+ALTER TABLE datasets ADD COLUMN rpo_target_secs INTEGER;
+ALTER TABLE datasets ADD COLUMN schedule TEXT;
+ALTER TABLE datasets ADD COLUMN reported_at INTEGER;
+"#;
+
+/// Brings a catalog at version `from` up to [`SCHEMA_VERSION`].
+pub(super) fn migrate(conn: &Connection, from: i64) -> Result<(), CatalogError> {
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+        if from > 0 {
+            tracing::info!(from = i, to = i + 1, "catalog schema upgraded");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_from_every_version_matches_a_fresh_catalog() {
+        let dump = |conn: &Connection| -> Vec<String> {
+            let mut st = conn.prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").unwrap();
+            st.query_map([], |r| Ok(format!("{}:{}", r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let fresh = Connection::open_in_memory().unwrap();
+        migrate(&fresh, 0).unwrap();
+        for from in 1..SCHEMA_VERSION {
+            let old = Connection::open_in_memory().unwrap();
+            for (i, step) in MIGRATIONS.iter().take(from as usize).enumerate() {
+                old.execute_batch(step).unwrap();
+                old.pragma_update(None, "user_version", i as i64 + 1).unwrap();
+            }
+            migrate(&old, from).unwrap();
+            assert_eq!(dump(&old), dump(&fresh), "upgrade from v{from}");
+            let v: i64 = old.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+            assert_eq!(v, SCHEMA_VERSION);
+        }
+    }
+}

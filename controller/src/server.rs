@@ -317,6 +317,11 @@ impl Server {
                     let (id, bytes_new, blobs_new) = self.blocking(&session, move |s| s.commit(&record)).await?;
                     Some(Message::Committed { id, bytes_new, blobs_new })
                 }
+                Message::Report { datasets } => {
+                    let repair = self.blocking(&session, move |s| s.report(&datasets)).await?;
+                    Some(Message::ReportOk { repair })
+                }
+                Message::Renew { csr_der } => Some(self.renew(&session, agent, csr_der).await?),
                 other => {
                     return Err(SessionError::new(
                         ErrorCode::Protocol,
@@ -334,6 +339,40 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Signs a new certificate for the session's agent. The name comes from
+    /// the authenticated session, never from the request.
+    async fn renew(
+        &self,
+        session: &Arc<Mutex<UploadSession>>,
+        agent: &str,
+        csr_der: Vec<u8>,
+    ) -> Result<Message, SessionError> {
+        let name = AgentName::new(agent).map_err(|e| SessionError::new(ErrorCode::Protocol, e.to_string()))?;
+        let agent_id = session.lock().unwrap_or_else(|e| e.into_inner()).agent_id;
+        let recent =
+            self.backend.catalog.lock().unwrap_or_else(|e| e.into_inner()).newest_certificate_issued(agent_id)?;
+        // One renewal per hour at most: a compromised or looping agent
+        // cannot mint certificates without bound.
+        if recent.is_some_and(|t| crate::catalog::now_secs() - t < RENEW_MIN_INTERVAL_SECS) {
+            return Err(SessionError::new(
+                ErrorCode::Forbidden,
+                format!("agent {agent} got a certificate less than an hour ago; renewal refused"),
+            ));
+        }
+        let cert = self
+            .ca
+            .sign_agent(&csr_der, &name, AGENT_DAYS)
+            .map_err(|e| SessionError::new(ErrorCode::Protocol, format!("{e:#}")))?;
+        let info = tls::cert_info(&cert).map_err(|e| SessionError::new(ErrorCode::Protocol, e.to_string()))?;
+        self.backend.catalog.lock().unwrap_or_else(|e| e.into_inner()).add_certificate(
+            agent_id,
+            &Fingerprint::of(&cert),
+            &info,
+        )?;
+        info!(agent = %name, serial = %info.serial, not_after = info.not_after, "agent certificate renewed");
+        Ok(Message::Renewed { cert_der: cert.to_vec() })
     }
 
     /// Runs session work on the blocking pool; a fatal store error is
@@ -358,6 +397,9 @@ impl Server {
         res
     }
 }
+
+/// Least time between two certificates issued to one agent.
+const RENEW_MIN_INTERVAL_SECS: i64 = 3600;
 
 /// blake3 of an enrollment token, as stored in the catalog.
 pub fn token_hash(token: &str) -> String {

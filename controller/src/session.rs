@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use pulih_core::codec::{self, CodecError};
 use pulih_core::formats::{CHUNKER_VERSION, MAX_TREE_LEN};
-use pulih_core::protocol::ErrorCode;
+use pulih_core::protocol::{DatasetReport, ErrorCode};
 use pulih_core::snapshot::SnapshotRecord;
 use pulih_core::tree::Tree;
 use pulih_core::{ChunkId, SnapshotId, TreeId};
@@ -131,6 +131,15 @@ impl UploadSession {
             }
         }
         Ok(out)
+    }
+
+    /// Records the agent's report; answers with the chunks it should resend
+    /// because the DRC copy was found damaged.
+    pub fn report(&mut self, datasets: &[DatasetReport]) -> Result<Vec<ChunkId>, SessionError> {
+        let mut cat = self.catalog();
+        cat.record_report(self.agent_id, datasets)
+            .map_err(|e| SessionError::new(ErrorCode::Protocol, e.to_string()))?;
+        Ok(cat.repair_wanted(self.agent_id)?)
     }
 
     /// Verifies and stages a chunk (F23, F25, F26).

@@ -26,6 +26,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::store::{BlobKind, BlobRef};
 
+mod reports;
 mod schema;
 pub use schema::SCHEMA_VERSION;
 

@@ -65,18 +65,85 @@ impl ErrorCode {
 /// Every message of protocol version 1.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    Hello { version: u16, software: String },
-    HelloOk { version: u16, controller: String, agent: String, server_time_ns: i64 },
-    Error { code: ErrorCode, message: String },
-    EnrollRequest { token: String, name: String, csr_der: Vec<u8> },
-    Enrolled { cert_der: Vec<u8>, ca_der: Vec<u8> },
-    HasChunks { ids: Vec<ChunkId> },
-    Missing { ids: Vec<ChunkId> },
-    PutChunk { id: ChunkId, raw_len: u32, data: Vec<u8> },
-    PutTree { id: TreeId, raw_len: u32, data: Vec<u8> },
-    Commit { record: Vec<u8> },
-    Committed { id: SnapshotId, bytes_new: u64, blobs_new: u64 },
+    Hello {
+        version: u16,
+        software: String,
+    },
+    HelloOk {
+        version: u16,
+        controller: String,
+        agent: String,
+        server_time_ns: i64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    EnrollRequest {
+        token: String,
+        name: String,
+        csr_der: Vec<u8>,
+    },
+    Enrolled {
+        cert_der: Vec<u8>,
+        ca_der: Vec<u8>,
+    },
+    HasChunks {
+        ids: Vec<ChunkId>,
+    },
+    Missing {
+        ids: Vec<ChunkId>,
+    },
+    PutChunk {
+        id: ChunkId,
+        raw_len: u32,
+        data: Vec<u8>,
+    },
+    PutTree {
+        id: TreeId,
+        raw_len: u32,
+        data: Vec<u8>,
+    },
+    Commit {
+        record: Vec<u8>,
+    },
+    Committed {
+        id: SnapshotId,
+        bytes_new: u64,
+        blobs_new: u64,
+    },
+    /// A running agent says what it protects and how often (sent at the
+    /// start of a connection); the controller records it for lag alerts.
+    Report {
+        datasets: Vec<DatasetReport>,
+    },
+    /// Answer to `Report`: chunks of this agent found damaged at the DRC,
+    /// which the agent should send again if it still has them (self-healing).
+    ReportOk {
+        repair: Vec<ChunkId>,
+    },
+    /// Certificate renewal over the authenticated connection: a CSR for a
+    /// key made on the agent, for the same name.
+    Renew {
+        csr_der: Vec<u8>,
+    },
+    Renewed {
+        cert_der: Vec<u8>,
+    },
 }
+
+/// One dataset in a [`Message::Report`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetReport {
+    pub name: String,
+    /// Seconds; 0 when the dataset has no target.
+    pub rpo_target_secs: u64,
+    /// How snapshots are triggered, for display ("daily 01:30", "continuous").
+    pub schedule: String,
+}
+
+/// Datasets per report; a config with more is refused by the agent.
+pub const MAX_REPORTED_DATASETS: usize = 1024;
 
 const T_HELLO: u8 = 0x01;
 const T_HELLO_OK: u8 = 0x02;
@@ -89,6 +156,10 @@ const T_PUT_CHUNK: u8 = 0x22;
 const T_PUT_TREE: u8 = 0x23;
 const T_COMMIT: u8 = 0x30;
 const T_COMMITTED: u8 = 0x31;
+const T_REPORT: u8 = 0x40;
+const T_REPORT_OK: u8 = 0x41;
+const T_RENEW: u8 = 0x50;
+const T_RENEWED: u8 = 0x51;
 
 const MAX_TEXT: usize = 4096;
 const MAX_DER: usize = 16 * 1024;
@@ -108,6 +179,10 @@ impl Message {
             Message::PutTree { .. } => "put-tree",
             Message::Commit { .. } => "commit",
             Message::Committed { .. } => "committed",
+            Message::Report { .. } => "report",
+            Message::ReportOk { .. } => "report-ok",
+            Message::Renew { .. } => "renew",
+            Message::Renewed { .. } => "renewed",
         }
     }
 
@@ -142,8 +217,12 @@ impl Message {
                 w.bytes(cert_der);
                 w.bytes(ca_der);
             }
-            Message::HasChunks { ids } | Message::Missing { ids } => {
-                w.u8(if matches!(self, Message::HasChunks { .. }) { T_HAS } else { T_MISSING });
+            Message::HasChunks { ids } | Message::Missing { ids } | Message::ReportOk { repair: ids } => {
+                w.u8(match self {
+                    Message::HasChunks { .. } => T_HAS,
+                    Message::Missing { .. } => T_MISSING,
+                    _ => T_REPORT_OK,
+                });
                 w.count(ids.len());
                 for id in ids {
                     w.raw(id.as_bytes());
@@ -176,6 +255,23 @@ impl Message {
                 w.u64(*bytes_new);
                 w.u64(*blobs_new);
             }
+            Message::Report { datasets } => {
+                w.u8(T_REPORT);
+                w.count(datasets.len());
+                for d in datasets {
+                    w.str(&d.name);
+                    w.u64(d.rpo_target_secs);
+                    w.str(&d.schedule);
+                }
+            }
+            Message::Renew { csr_der } => {
+                w.u8(T_RENEW);
+                w.bytes(csr_der);
+            }
+            Message::Renewed { cert_der } => {
+                w.u8(T_RENEWED);
+                w.bytes(cert_der);
+            }
         }
         out.extend_from_slice(&w.into_bytes());
     }
@@ -204,16 +300,16 @@ impl Message {
                 cert_der: r.bytes("certificate", MAX_DER)?.to_vec(),
                 ca_der: r.bytes("ca certificate", MAX_DER)?.to_vec(),
             },
-            T_HAS | T_MISSING => {
+            T_HAS | T_MISSING | T_REPORT_OK => {
                 let n = r.count("id count", MAX_IDS_PER_QUERY, 32)?;
                 let mut ids = Vec::with_capacity(n);
                 for _ in 0..n {
                     ids.push(ChunkId::from_bytes(r.array("chunk id")?));
                 }
-                if t == T_HAS {
-                    Message::HasChunks { ids }
-                } else {
-                    Message::Missing { ids }
+                match t {
+                    T_HAS => Message::HasChunks { ids },
+                    T_MISSING => Message::Missing { ids },
+                    _ => Message::ReportOk { repair: ids },
                 }
             }
             T_PUT_CHUNK => {
@@ -240,6 +336,21 @@ impl Message {
                 bytes_new: r.u64("bytes new")?,
                 blobs_new: r.u64("blobs new")?,
             },
+            T_REPORT => {
+                // Smallest entry: two empty strings and a u64.
+                let n = r.count("dataset count", MAX_REPORTED_DATASETS as u32, 16)?;
+                let mut datasets = Vec::with_capacity(n);
+                for _ in 0..n {
+                    datasets.push(DatasetReport {
+                        name: r.str("dataset name", 256)?.into(),
+                        rpo_target_secs: r.u64("rpo target")?,
+                        schedule: r.str("schedule", 256)?.into(),
+                    });
+                }
+                Message::Report { datasets }
+            }
+            T_RENEW => Message::Renew { csr_der: r.bytes("csr", MAX_DER)?.to_vec() },
+            T_RENEWED => Message::Renewed { cert_der: r.bytes("certificate", MAX_DER)?.to_vec() },
             other => return Err(r.invalid("message type", format!("unknown type {other:#04x}"))),
         };
         r.finish("message")?;
@@ -266,6 +377,17 @@ mod tests {
             Message::PutTree { id: TreeId::of(b"t"), raw_len: 7, data: vec![8; 3] },
             Message::Commit { record: vec![1; 20] },
             Message::Committed { id: SnapshotId::of(b"s"), bytes_new: 5, blobs_new: 2 },
+            Message::Report {
+                datasets: vec![DatasetReport {
+                    name: "www".into(),
+                    rpo_target_secs: 300,
+                    schedule: "continuous".into(),
+                }],
+            },
+            Message::Report { datasets: vec![] },
+            Message::ReportOk { repair: vec![ChunkId::of(b"d")] },
+            Message::Renew { csr_der: vec![5, 6] },
+            Message::Renewed { cert_der: vec![7] },
         ]
     }
 

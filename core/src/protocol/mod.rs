@@ -25,7 +25,7 @@ pub mod frame;
 pub mod message;
 
 pub use frame::{decode, encode, FrameError};
-pub use message::{ErrorCode, Message};
+pub use message::{DatasetReport, ErrorCode, Message};
 
 /// ALPN protocol id of agent sessions (client certificate required).
 pub const ALPN_AGENT: &[u8] = b"pulih/1";

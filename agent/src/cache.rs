@@ -35,7 +35,9 @@ use pulih_core::{SnapshotId, TreeId};
 
 const PACK_MAGIC: &[u8; 8] = b"PULIHPCK";
 const PACK_END: &[u8; 8] = b"PULIHEND";
-const PACK_VERSION: u16 = 1;
+/// Version 2 added subtree totals to directory records; a version 1 pack is
+/// ignored (one snapshot reads everything again).
+const PACK_VERSION: u16 = 2;
 const RECORD_MAGIC: &[u8; 8] = b"PULIHDIR";
 const TRAILER_LEN: u64 = 8 + 32 + 32 + 8;
 
@@ -66,10 +68,33 @@ pub enum CacheKind {
     Dir { record: [u8; 32] },
 }
 
+/// Counts of a directory's subtree, itself included in `dirs`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub others: u64,
+    pub bytes: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, o: &Totals) {
+        self.files += o.files;
+        self.dirs += o.dirs;
+        self.symlinks += o.symlinks;
+        self.others += o.others;
+        self.bytes += o.bytes;
+    }
+}
+
 /// One directory as last snapshotted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DirRecord {
     pub tree: Option<TreeId>,
+    /// What the whole subtree held, so a subtree reused without being
+    /// walked (continuous mode) still counts in the snapshot's statistics.
+    pub totals: Totals,
     /// Sorted by name.
     pub entries: Vec<CacheEntry>,
 }
@@ -85,6 +110,10 @@ impl DirRecord {
         let mut w = Writer::new();
         w.raw(RECORD_MAGIC);
         w.raw(self.tree.map_or([0; 32], |t| *t.as_bytes()).as_slice());
+        let t = &self.totals;
+        for v in [t.files, t.dirs, t.symlinks, t.others, t.bytes] {
+            w.u64(v);
+        }
         w.count(self.entries.len());
         for e in &self.entries {
             w.bytes(&e.name);
@@ -116,6 +145,13 @@ impl DirRecord {
         }
         let tree: [u8; 32] = r.array("tree id")?;
         let tree = (tree != [0; 32]).then(|| TreeId::from_bytes(tree));
+        let totals = Totals {
+            files: r.u64("files")?,
+            dirs: r.u64("dirs")?,
+            symlinks: r.u64("symlinks")?,
+            others: r.u64("others")?,
+            bytes: r.u64("bytes")?,
+        };
         let n = r.count("entries", u32::MAX, 46)?;
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
@@ -144,7 +180,7 @@ impl DirRecord {
                 problem: pulih_core::enc::Problem::Invalid("unsorted".into()),
             });
         }
-        Ok(Self { tree, entries })
+        Ok(Self { tree, totals, entries })
     }
 }
 
@@ -259,6 +295,26 @@ impl PackWriter {
         Ok(key)
     }
 
+    /// Copies the record `key` of `from` and every record below it, for a
+    /// subtree reused unchanged. Returns false when `from` lacks one of them
+    /// (the caller then walks the subtree instead).
+    pub fn copy_subtree(&mut self, from: &PackReader, key: [u8; 32]) -> Result<bool, CacheError> {
+        let mut stack = vec![key];
+        while let Some(k) = stack.pop() {
+            if self.written.contains(&k) {
+                continue;
+            }
+            let Some(rec) = from.get(&k)? else { return Ok(false) };
+            for e in &rec.entries {
+                if let CacheKind::Dir { record } = e.kind {
+                    stack.push(record);
+                }
+            }
+            self.add(&rec)?;
+        }
+        Ok(true)
+    }
+
     /// Writes the footer and syncs; the pack becomes current only with
     /// [`PendingPack::install`] after the snapshot is committed.
     pub fn finish(mut self, root: [u8; 32]) -> Result<PendingPack, CacheError> {
@@ -316,6 +372,7 @@ mod tests {
     fn rec(n: u8) -> DirRecord {
         DirRecord {
             tree: Some(TreeId::of(&[n])),
+            totals: Totals { files: 1, dirs: 1, symlinks: 0, others: 0, bytes: 5 + u64::from(n) },
             entries: vec![CacheEntry {
                 name: vec![b'a', n],
                 dev: 1,

@@ -10,6 +10,8 @@ pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod enroll;
+pub mod repair;
 pub mod scan;
 pub mod snapshot;
 pub mod upload;
+pub mod watch;

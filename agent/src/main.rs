@@ -102,7 +102,8 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let tls = Arc::new(enroll::client_config(&settings)?);
             let (mut failed, mut with_problems) = (0, 0);
             for ds in datasets {
-                match snapshot::run(&settings, ds, tls.clone(), !json) {
+                let opts = snapshot::Options { progress_bar: !json, ..Default::default() };
+                match snapshot::run(&settings, ds, tls.clone(), &opts) {
                     Ok(o) => {
                         if json {
                             out!("{}", serde_json::to_string(&o)?);

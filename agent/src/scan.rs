@@ -41,7 +41,7 @@ use pulih_core::snapshot::{SnapshotIssue, SnapshotStats};
 use pulih_core::tree::{Entry, EntryName, Node, Segment, Tree, FLAG_CHANGED_WHILE_READ};
 use pulih_core::{ChunkId, TreeId};
 
-use crate::cache::{CacheEntry, CacheKind, DirRecord, PackReader, PackWriter, PendingPack};
+use crate::cache::{CacheEntry, CacheKind, DirRecord, PackReader, PackWriter, PendingPack, Totals};
 use crate::config::Exclude;
 use crate::upload::Item;
 
@@ -106,6 +106,11 @@ pub struct ScanParams<'a> {
     pub items: SyncSender<Item>,
     pub progress: Arc<Progress>,
     pub abort: Arc<AtomicBool>,
+    /// Continuous mode: the paths where something changed since the parent
+    /// snapshot, with all their ancestors. A directory not in the set whose
+    /// own metadata is unchanged is taken from the parent whole, without
+    /// being read. `None` walks everything.
+    pub dirty: Option<&'a HashSet<PathBuf>>,
 }
 
 type Slot = (usize, usize);
@@ -113,11 +118,34 @@ type Slot = (usize, usize);
 struct Done {
     entry: Entry,
     cache: Option<CacheEntry>,
+    /// For a directory: its subtree's totals.
+    sub: Totals,
+}
+
+impl Done {
+    fn new(entry: Entry, cache: Option<CacheEntry>) -> Self {
+        Self { entry, cache, sub: Totals::default() }
+    }
 }
 
 enum Event {
-    DirStart { id: usize, parent: Option<Slot>, slots: usize, template: Option<Done>, old_tree: Option<TreeId> },
-    Done { slot: Slot, out: Option<Done> },
+    DirStart {
+        id: usize,
+        parent: Option<Slot>,
+        slots: usize,
+        template: Option<Done>,
+        old_tree: Option<TreeId>,
+    },
+    Done {
+        slot: Slot,
+        out: Option<Done>,
+    },
+    /// An unchanged subtree taken from the parent: its records are copied.
+    Reuse {
+        slot: Slot,
+        out: Done,
+        record: [u8; 32],
+    },
 }
 
 struct Job {
@@ -130,7 +158,7 @@ struct Job {
 
 /// Runs the pipeline; returns when every tree was queued for upload.
 pub fn scan(p: ScanParams<'_>) -> Result<ScanOutput, ScanError> {
-    let ScanParams { paths, exclude, threads, level, parent, pack, items, progress, abort } = p;
+    let ScanParams { paths, exclude, threads, level, parent, pack, items, progress, abort, dirty } = p;
     let issues = Arc::new(Issues::default());
     let (ev_tx, ev_rx) = mpsc::channel::<Event>();
     let (job_tx, job_rx) = mpsc::sync_channel::<Job>(threads * 2);
@@ -160,8 +188,8 @@ pub fn scan(p: ScanParams<'_>) -> Result<ScanOutput, ScanError> {
         // walker's next send fails instead of blocking forever.
         drop(job_rx);
         let assembler = {
-            let (it, ab) = (items.clone(), abort.clone());
-            s.spawn(move || assemble(ev_rx, it, pack, ab))
+            let (it, ab, from) = (items.clone(), abort.clone(), parent.clone());
+            s.spawn(move || assemble(ev_rx, it, pack, from, ab))
         };
         drop(items);
 
@@ -174,6 +202,7 @@ pub fn scan(p: ScanParams<'_>) -> Result<ScanOutput, ScanError> {
             issues: issues.clone(),
             progress: progress.clone(),
             abort: abort.clone(),
+            dirty,
         };
         let walked = w.walk_root(paths, root_rec);
         drop(w); // closes the job queue and the walker's event sender
@@ -250,6 +279,7 @@ struct Walker<'a> {
     issues: Arc<Issues>,
     progress: Arc<Progress>,
     abort: Arc<AtomicBool>,
+    dirty: Option<&'a HashSet<PathBuf>>,
 }
 
 impl Walker<'_> {
@@ -330,7 +360,7 @@ impl Walker<'_> {
                 entry.mtime_ns = 0;
                 let mut cache = cache_of(&ename, &meta, CacheKind::Dir { record: [0; 32] });
                 (cache.mtime_ns, cache.ctime_ns) = (0, 0);
-                let tmpl = Done { entry, cache: Some(cache) };
+                let tmpl = Done::new(entry, Some(cache));
                 let rec = self.child_record(old, name);
                 self.walk_virtual(child, child_path, cid, Some((id, slot)), Some(tmpl), rec.as_ref())?;
             }
@@ -398,6 +428,50 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// In continuous mode, the event that takes the directory at `path`
+    /// from the parent snapshot unread: nothing under it changed (not in
+    /// the dirty set) and the directory itself is the same inode with the
+    /// same times (a directory renamed into place is walked).
+    fn reusable(
+        &self,
+        path: &Path,
+        name: &EntryName,
+        m: &Metadata,
+        prev: Option<&CacheEntry>,
+        old: Option<&DirRecord>,
+        slot: Slot,
+    ) -> Option<Event> {
+        let dirty = self.dirty?;
+        let prev = prev?;
+        if dirty.contains(path)
+            || prev.dev != m.dev()
+            || prev.ino != m.ino()
+            || prev.mtime_ns != ns(m.mtime(), m.mtime_nsec())
+            || prev.ctime_ns != ns(m.ctime(), m.ctime_nsec())
+        {
+            return None;
+        }
+        let CacheKind::Dir { record } = prev.kind else { return None };
+        let rec = self.child_record(old, name.as_bytes())?;
+        let tree = rec.tree?;
+        let t = rec.totals;
+        for (counter, v) in [
+            (&self.progress.files, t.files),
+            (&self.progress.dirs, t.dirs),
+            (&self.progress.symlinks, t.symlinks),
+            (&self.progress.others, t.others),
+            (&self.progress.bytes, t.bytes),
+        ] {
+            counter.fetch_add(v, Ordering::Relaxed);
+        }
+        let out = Done {
+            entry: entry_of(name.clone(), m, Node::Dir { tree }),
+            cache: Some(cache_of(name, m, CacheKind::Dir { record })),
+            sub: t,
+        };
+        Some(Event::Reuse { slot, out, record })
+    }
+
     /// One entry at `path`, which is `base` (a dataset path) or inside it.
     fn entry(
         &mut self,
@@ -411,11 +485,14 @@ impl Walker<'_> {
         let ft = m.file_type();
         let prev = old.and_then(|o| o.get(name.as_bytes()));
         if ft.is_dir() {
+            if let Some(ev) = self.reusable(path, &name, &m, prev, old, slot) {
+                return self.send(ev);
+            }
             let id = self.id();
-            let tmpl = Done {
-                entry: entry_of(name.clone(), &m, Node::Fifo),
-                cache: Some(cache_of(&name, &m, CacheKind::Dir { record: [0; 32] })),
-            };
+            let tmpl = Done::new(
+                entry_of(name.clone(), &m, Node::Fifo),
+                Some(cache_of(&name, &m, CacheKind::Dir { record: [0; 32] })),
+            );
             let rec = self.child_record(old, name.as_bytes());
             return self.walk_dir(path, base, id, Some(slot), Some(tmpl), rec.as_ref());
         }
@@ -438,7 +515,7 @@ impl Walker<'_> {
                     segments: segments.clone(),
                 };
                 let cache = cache_of(&name, &m, CacheKind::File { flags: *flags, segments: segments.clone() });
-                Some(Done { entry: entry_of(name, &m, node), cache: Some(cache) })
+                Some(Done::new(entry_of(name, &m, node), Some(cache)))
             } else {
                 let known = match prev.map(|c| &c.kind) {
                     Some(CacheKind::File { segments, .. }) => segments
@@ -460,7 +537,7 @@ impl Walker<'_> {
                 {
                     self.progress.symlinks.fetch_add(1, Ordering::Relaxed);
                     let node = Node::Symlink { target: t.as_os_str().as_bytes().to_vec() };
-                    Some(Done { entry: entry_of(name, &m, node), cache: None })
+                    Some(Done::new(entry_of(name, &m, node), None))
                 }
                 Ok(_) => {
                     self.issues.add(path, "symlink target is empty or too long".into());
@@ -477,7 +554,7 @@ impl Walker<'_> {
             }
         } else if ft.is_fifo() {
             self.progress.others.fetch_add(1, Ordering::Relaxed);
-            Some(Done { entry: entry_of(name, &m, Node::Fifo), cache: None })
+            Some(Done::new(entry_of(name, &m, Node::Fifo), None))
         } else {
             self.progress.others.fetch_add(1, Ordering::Relaxed);
             self.issues.add(path, "skipped: sockets and device files are not backed up".into());
@@ -656,7 +733,7 @@ fn read_file(
     progress.bytes.fetch_add(size, Ordering::Relaxed);
     let node = Node::File { size, link_group: link_group(&before), flags, segments: segments.clone() };
     let cache = cache_of(&job.name, &before, CacheKind::File { flags, segments });
-    Ok(Some((Done { entry: entry_of(job.name.clone(), &before, node), cache: Some(cache) }, changed)))
+    Ok(Some((Done::new(entry_of(job.name.clone(), &before, node), Some(cache)), changed)))
 }
 
 struct PendingDir {
@@ -673,6 +750,7 @@ fn assemble(
     events: Receiver<Event>,
     items: SyncSender<Item>,
     mut pack: PackWriter,
+    from: Option<Arc<PackReader>>,
     abort: Arc<AtomicBool>,
 ) -> Assembled {
     let mut dirs: HashMap<usize, PendingDir> = HashMap::new();
@@ -700,13 +778,42 @@ fn assemble(
                 d.remaining -= 1;
                 (d.remaining == 0).then_some(dir)
             }
+            Event::Reuse { slot: (dir, i), out, record } => {
+                let copied = match &from {
+                    Some(f) => pack.copy_subtree(f, record),
+                    None => Ok(false),
+                };
+                match copied {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let why = "a reused directory's records are missing".to_string();
+                        let e = crate::cache::CacheError::Damaged { path: PathBuf::from("(parent pack)"), why };
+                        return fail(e.into(), &abort);
+                    }
+                    Err(e) => return fail(e.into(), &abort),
+                }
+                let d = dirs.get_mut(&dir).expect("slot of a started directory");
+                d.slots[i] = Some(out);
+                d.remaining -= 1;
+                (d.remaining == 0).then_some(dir)
+            }
         };
         // Completing a directory may complete its parent, and so on up.
         while let Some(id) = ready.take() {
             let d = dirs.remove(&id).expect("pending directory");
             let mut entries = Vec::with_capacity(d.slots.len());
             let mut cache = Vec::with_capacity(d.slots.len());
+            let mut totals = Totals { dirs: 1, ..Totals::default() };
             for done in d.slots.into_iter().flatten() {
+                match &done.entry.node {
+                    Node::File { size, .. } => {
+                        totals.files += 1;
+                        totals.bytes += size;
+                    }
+                    Node::Dir { .. } => totals.add(&done.sub),
+                    Node::Symlink { .. } => totals.symlinks += 1,
+                    Node::Fifo => totals.others += 1,
+                }
                 if let Some(c) = done.cache {
                     cache.push(c);
                 }
@@ -723,13 +830,14 @@ fn assemble(
                     return fail(ScanError::Aborted, &abort);
                 }
             }
-            let key = match pack.add(&DirRecord { tree: Some(tid), entries: cache }) {
+            let key = match pack.add(&DirRecord { tree: Some(tid), totals, entries: cache }) {
                 Ok(k) => k,
                 Err(e) => return fail(e.into(), &abort),
             };
             match (d.parent, d.template) {
                 (Some((pdir, pslot)), Some(mut t)) => {
                     t.entry.node = Node::Dir { tree: tid };
+                    t.sub = totals;
                     if let Some(c) = &mut t.cache {
                         c.kind = CacheKind::Dir { record: key };
                     }

@@ -9,7 +9,9 @@
 //! (F15). Only one snapshot of a dataset runs at a time (a lock file in the
 //! cache directory).
 
+use std::collections::HashSet;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use pulih_core::formats::CHUNKER_VERSION;
-use pulih_core::protocol::{ErrorCode, Message};
+use pulih_core::protocol::{DatasetReport, ErrorCode, Message};
 use pulih_core::snapshot::SnapshotRecord;
 use pulih_core::{now_ns, SnapshotId};
 use serde::Serialize;
@@ -48,13 +50,33 @@ pub struct Outcome {
 /// How long to wait before retry n (1-based).
 const BACKOFF: [u64; 3] = [1, 3, 8];
 
+/// How a snapshot is taken.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// A progress bar when standard error is a terminal.
+    pub progress_bar: bool,
+    /// Continuous mode: where something changed since the parent snapshot
+    /// (see [`ScanParams::dirty`]); `None` walks everything.
+    pub dirty: Option<&'a HashSet<PathBuf>>,
+    /// Set to stop: the attempt is abandoned and nothing is committed.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// The snapshot was abandoned because [`Options::cancel`] was set.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot abandoned: the agent is stopping (nothing was committed)")]
+pub struct Cancelled;
+
 /// Takes one snapshot of `ds`, retrying temporary failures.
-pub fn run(settings: &Settings, ds: &Dataset, tls: Arc<rustls::ClientConfig>, progress_bar: bool) -> Result<Outcome> {
+pub fn run(settings: &Settings, ds: &Dataset, tls: Arc<rustls::ClientConfig>, opts: &Options<'_>) -> Result<Outcome> {
     let mut use_cache = true;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match once(settings, ds, tls.clone(), use_cache, progress_bar) {
+        if opts.cancel.load(Ordering::Relaxed) {
+            return Err(Cancelled.into());
+        }
+        match once(settings, ds, tls.clone(), use_cache, opts) {
             Ok(mut o) => {
                 o.attempts = attempt;
                 return Ok(o);
@@ -65,8 +87,10 @@ pub fn run(settings: &Settings, ds: &Dataset, tls: Arc<rustls::ClientConfig>, pr
                     conn,
                     Some(ConnError::Refused { code: ErrorCode::MissingReference | ErrorCode::Integrity, .. })
                 );
+                // A damaged change cache costs one full read, not the snapshot.
+                let missing = missing || matches!(e.downcast_ref::<ScanError>(), Some(ScanError::Cache(_)));
                 let temporary = conn.is_some_and(ConnError::is_temporary);
-                if attempt as usize > BACKOFF.len() || !(temporary || missing) {
+                if attempt as usize > BACKOFF.len() || !(temporary || missing) || e.is::<Cancelled>() {
                     return Err(e);
                 }
                 if missing && use_cache {
@@ -76,7 +100,10 @@ pub fn run(settings: &Settings, ds: &Dataset, tls: Arc<rustls::ClientConfig>, pr
                 let wait = BACKOFF[attempt as usize - 1];
                 let error = pulih_core::report::chain(e.as_ref());
                 warn!(dataset = %ds.name, %error, retry_in_s = wait, "snapshot attempt failed");
-                std::thread::sleep(Duration::from_secs(wait));
+                let until = Instant::now() + Duration::from_secs(wait);
+                while Instant::now() < until && !opts.cancel.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         }
     }
@@ -87,7 +114,7 @@ fn once(
     ds: &Dataset,
     tls: Arc<rustls::ClientConfig>,
     use_cache: bool,
-    bar: bool,
+    opts: &Options<'_>,
 ) -> Result<Outcome> {
     let started = Instant::now();
     let started_ns = now_ns();
@@ -105,6 +132,8 @@ fn once(
         None
     };
     let parent_id: Option<SnapshotId> = parent.as_ref().map(|p| p.snapshot);
+    // Without the parent's records nothing can be reused.
+    let dirty = if parent.is_some() { opts.dirty } else { None };
 
     let mut conn = Conn::connect(&settings.address, &settings.server_name, tls)?;
     let (controller, server_ns) = conn.hello()?;
@@ -112,15 +141,34 @@ fn once(
     if skew_s.abs() > 60 {
         warn!(controller = %controller, skew_s, "clock differs from the controller's by more than a minute");
     }
-    info!(dataset = %ds.name, %controller, parent = ?parent_id.map(|p| p.short()), "snapshot started");
+    conn.send(&Message::Report { datasets: vec![report_of(ds)] })?;
+    let repair = match conn.recv()? {
+        Message::ReportOk { repair } => repair,
+        other => anyhow::bail!("unexpected answer to report: {}", other.name()),
+    };
+    if !repair.is_empty() {
+        crate::repair::resend(&mut conn, parent.as_deref(), settings.compression_level, &repair)?;
+    }
+    info!(dataset = %ds.name, %controller, parent = ?parent_id.map(|p| p.short()), incremental = dirty.is_some(), "snapshot started");
 
     let (tx, rx) = mpsc::sync_channel(32);
     let progress = Arc::new(Progress::default());
     let abort = Arc::new(AtomicBool::new(false));
     let pack = PackWriter::create(&pack_path)?;
-    let display = ProgressDisplay::start(progress.clone(), bar);
+    let display = ProgressDisplay::start(progress.clone(), opts.progress_bar);
+    let finished = AtomicBool::new(false);
 
     let (scanned, uploaded) = std::thread::scope(|s| {
+        // Stopping the agent stops the pipeline like an upload failure does.
+        s.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                if opts.cancel.load(Ordering::Relaxed) {
+                    abort.store(true, Ordering::Relaxed);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
         let up = s.spawn(|| {
             let r = upload::run(&mut conn, rx);
             if r.is_err() {
@@ -138,10 +186,16 @@ fn once(
             items: tx,
             progress: progress.clone(),
             abort: abort.clone(),
+            dirty,
         });
-        (scanned, up.join().expect("uploader panicked"))
+        let uploaded = up.join().expect("uploader panicked");
+        finished.store(true, Ordering::Relaxed);
+        (scanned, uploaded)
     });
     display.stop();
+    if opts.cancel.load(Ordering::Relaxed) {
+        return Err(Cancelled.into());
+    }
     // An upload error explains a scan abort better than the abort itself.
     let up_stats = uploaded?;
     let mut out = match scanned {
@@ -165,6 +219,10 @@ fn once(
         errors: out.issues,
     };
     let (local_id, encoded) = record.encode();
+    if opts.cancel.load(Ordering::Relaxed) {
+        out.pack.discard();
+        return Err(Cancelled.into());
+    }
     conn.send(&Message::Commit { record: encoded })?;
     let (id, bytes_new) = match conn.recv()? {
         Message::Committed { id, bytes_new, .. } => (id, bytes_new),
@@ -194,6 +252,11 @@ fn once(
         seconds,
         attempts: 1,
     })
+}
+
+/// What the controller is told about `ds`.
+pub fn report_of(ds: &Dataset) -> DatasetReport {
+    DatasetReport { name: ds.name.to_string(), rpo_target_secs: 0, schedule: "manual".into() }
 }
 
 /// Takes `<state_dir>/cache/<dataset>.lock` for one snapshot: two snapshots

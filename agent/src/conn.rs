@@ -45,6 +45,7 @@ pub struct Conn {
     wbuf: Vec<u8>,
     /// Bytes written to the socket (frames), for statistics.
     pub bytes_sent: u64,
+    throttle: Option<Arc<crate::throttle::Throttle>>,
 }
 
 impl Conn {
@@ -81,7 +82,12 @@ impl Conn {
                 }
             })?;
         }
-        Ok(Self { stream, rbuf: Vec::with_capacity(64 * 1024), wbuf: Vec::with_capacity(1024 * 1024), bytes_sent: 0 })
+        Ok(Self { stream, rbuf: Vec::with_capacity(64 * 1024), wbuf: Vec::with_capacity(1024 * 1024), bytes_sent: 0, throttle: None })
+    }
+
+    /// Limits what this connection sends (bytes per second, shared).
+    pub fn set_throttle(&mut self, throttle: Option<Arc<crate::throttle::Throttle>>) {
+        self.throttle = throttle;
     }
 
     /// Queues a message; sent at the next [`Conn::flush`] or when the
@@ -97,6 +103,9 @@ impl Conn {
     /// Writes everything queued.
     pub fn flush(&mut self) -> Result<(), ConnError> {
         if !self.wbuf.is_empty() {
+            if let Some(t) = &self.throttle {
+                t.take(self.wbuf.len());
+            }
             let r = self.stream.write_all(&self.wbuf).and_then(|_| self.stream.flush());
             self.bytes_sent += self.wbuf.len() as u64;
             self.wbuf.clear();

@@ -7,11 +7,19 @@
 //! [`cache`] to skip unchanged files.
 
 pub mod cache;
+pub mod check;
 pub mod config;
 pub mod conn;
+pub mod daemon;
 pub mod enroll;
 pub mod repair;
 pub mod scan;
 pub mod snapshot;
 pub mod upload;
 pub mod watch;
+
+/// Prints a line on standard output, ignoring a closed pipe.
+pub(crate) fn out_line(s: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{s}");
+}

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use pulih_agent::config::Settings;
-use pulih_agent::{enroll, snapshot};
+use pulih_agent::status::{Lang, StatusFile};
+use pulih_agent::{check, daemon, enroll, snapshot};
 use pulih_core::out;
 
 /// Pulih agent: protects this server's data by replicating it to the
@@ -60,6 +61,38 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+
+    /// Run as a service: snapshot each dataset on its schedule and/or
+    /// continuously as files change, until SIGTERM. SIGHUP reloads the
+    /// configuration.
+    Run {
+        #[arg(long, default_value = "/etc/pulih/agent.toml")]
+        config: PathBuf,
+    },
+    /// Show, per dataset, the last snapshot, the replication lag against
+    /// the RPO target, the next run and the last error (from the running
+    /// service's status file). Exit status 0, or 3 when the service is not
+    /// running (what is shown is then its last state).
+    Status {
+        #[arg(long, default_value = "/etc/pulih/agent.toml")]
+        config: PathBuf,
+        /// Language: id (Bahasa Indonesia) or en; default from the locale.
+        #[arg(long)]
+        lang: Option<String>,
+        /// The status file as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a configuration and the connection to the controller
+    /// (certificate, reachability, clock), explaining every problem found.
+    /// Exit status 0 when all is well, 1 otherwise.
+    Check {
+        #[arg(long, default_value = "/etc/pulih/agent.toml")]
+        config: PathBuf,
+        /// Language: id (Bahasa Indonesia) or en; default from the locale.
+        #[arg(long)]
+        lang: Option<String>,
+    },
 }
 
 /// `snapshot`: every snapshot was committed, but some entries were not read.
@@ -101,8 +134,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
             let tls = Arc::new(enroll::client_config(&settings)?);
             let (mut failed, mut with_problems) = (0, 0);
+            let throttle = settings.bandwidth_limit.map(|b| Arc::new(pulih_agent::throttle::Throttle::new(b)));
             for ds in datasets {
-                let opts = snapshot::Options { progress_bar: !json, ..Default::default() };
+                let opts = snapshot::Options { progress_bar: !json, throttle: throttle.clone(), ..Default::default() };
                 match snapshot::run(&settings, ds, tls.clone(), &opts) {
                     Ok(o) => {
                         if json {
@@ -141,6 +175,45 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::from(EXIT_PROBLEMS));
             }
         }
+        Cmd::Run { config } => daemon::run(&config)?,
+        Cmd::Status { config, lang, json } => {
+            let settings = Settings::load(&config)?;
+            let path = settings.state_dir.join("status.json");
+            let lang = Lang::detect(lang.as_deref());
+            let file = match StatusFile::load(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    let msg = match lang {
+                        Lang::Id => "belum ada status: layanan pulih-agent belum pernah berjalan dengan konfigurasi ini (systemctl status pulih-agent)",
+                        Lang::En => "no status yet: the pulih-agent service has not run with this configuration (systemctl status pulih-agent)",
+                    };
+                    bail!("{msg} [{}: {e:#}]", path.display());
+                }
+            };
+            let alive = pid_alive(file.pid);
+            if json {
+                out!("{}", serde_json::to_string_pretty(&file)?);
+            } else {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                out!("{}", pulih_agent::status::render(&file, now, lang, alive));
+            }
+            if !alive {
+                return Ok(std::process::ExitCode::from(3));
+            }
+        }
+        Cmd::Check { config, lang } => {
+            let lang = Lang::detect(lang.as_deref());
+            if !check::run(&config, lang) {
+                return Ok(std::process::ExitCode::from(1));
+            }
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Whether a process with this pid exists.
+fn pid_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else { return false };
+    // EPERM means it exists but belongs to someone else.
+    !matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH))
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use pulih_core::formats::CHUNKER_VERSION;
-use pulih_core::protocol::{DatasetReport, ErrorCode, Message};
+use pulih_core::protocol::{ErrorCode, Message};
 use pulih_core::snapshot::SnapshotRecord;
 use pulih_core::{now_ns, SnapshotId};
 use serde::Serialize;
@@ -45,6 +45,10 @@ pub struct Outcome {
     pub changed_while_read: u64,
     pub seconds: f64,
     pub attempts: u32,
+    /// When the snapshot started (Unix ns): the age of the DRC copy's data.
+    pub started_ns: i64,
+    /// Chunks read that the controller already had.
+    pub chunks_deduplicated: u64,
 }
 
 /// How long to wait before retry n (1-based).
@@ -60,6 +64,8 @@ pub struct Options<'a> {
     pub dirty: Option<&'a HashSet<PathBuf>>,
     /// Set to stop: the attempt is abandoned and nothing is committed.
     pub cancel: Arc<AtomicBool>,
+    /// Bandwidth limit shared by every upload of the agent.
+    pub throttle: Option<Arc<crate::throttle::Throttle>>,
 }
 
 /// The snapshot was abandoned because [`Options::cancel`] was set.
@@ -141,7 +147,8 @@ fn once(
     if skew_s.abs() > 60 {
         warn!(controller = %controller, skew_s, "clock differs from the controller's by more than a minute");
     }
-    conn.send(&Message::Report { datasets: vec![report_of(ds)] })?;
+    conn.set_throttle(opts.throttle.clone());
+    conn.send(&Message::Report { datasets: vec![crate::daemon::report_of(ds)] })?;
     let repair = match conn.recv()? {
         Message::ReportOk { repair } => repair,
         other => anyhow::bail!("unexpected answer to report: {}", other.name()),
@@ -251,12 +258,9 @@ fn once(
         changed_while_read: record.stats.changed_while_read,
         seconds,
         attempts: 1,
+        started_ns,
+        chunks_deduplicated: up_stats.chunks_offered.saturating_sub(up_stats.chunks_sent),
     })
-}
-
-/// What the controller is told about `ds`.
-pub fn report_of(ds: &Dataset) -> DatasetReport {
-    DatasetReport { name: ds.name.to_string(), rpo_target_secs: 0, schedule: "manual".into() }
 }
 
 /// Takes `<state_dir>/cache/<dataset>.lock` for one snapshot: two snapshots

@@ -350,3 +350,103 @@ pub fn set_mtime(p: &Path, ns: i64) {
     )
     .unwrap();
 }
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes; returns
+/// whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `pulih-agent run`, its log in a file; killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// The log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (`rustix::process::Signal`).
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, sig).expect("kill");
+    }
+
+    /// Whether the process has exited (and its status).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    /// Appends a dataset table with extra `key = value` lines (TOML).
+    pub fn add_dataset_with(&self, name: &str, paths: &[&Path], extra: &str) {
+        let mut text = fs::read_to_string(&self.config).unwrap();
+        let paths: Vec<String> = paths.iter().map(|p| format!("{:?}", p.to_str().unwrap())).collect();
+        text.push_str(&format!("\n[[dataset]]\nname = {name:?}\npaths = [{}]\n{extra}\n", paths.join(", ")));
+        fs::write(&self.config, text).unwrap();
+    }
+
+    /// Appends text (whole tables) to the configuration.
+    pub fn append_config(&self, toml: &str) {
+        let mut text = fs::read_to_string(&self.config).unwrap();
+        text.push('\n');
+        text.push_str(toml);
+        text.push('\n');
+        fs::write(&self.config, text).unwrap();
+    }
+
+    /// Starts `pulih-agent run`; its standard error goes to a log file
+    /// beside the configuration.
+    pub fn start_daemon(&self) -> Daemon {
+        let log = self.config.with_extension(format!("{}.log", fastrand_suffix()));
+        let f = fs::File::create(&log).unwrap();
+        let child = self
+            .cmd(&["run"])
+            .env("PULIH_LOG", "info,pulih_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("spawn pulih-agent run");
+        Daemon { child, log }
+    }
+}
+
+fn fastrand_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("run{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `GET path` over plain HTTP on loopback; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}

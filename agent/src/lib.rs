@@ -12,9 +12,12 @@ pub mod config;
 pub mod conn;
 pub mod daemon;
 pub mod enroll;
+pub mod hooks;
 pub mod repair;
 pub mod scan;
+pub mod schedule;
 pub mod snapshot;
+pub mod units;
 pub mod upload;
 pub mod watch;
 

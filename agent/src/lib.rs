@@ -11,6 +11,7 @@ pub mod config;
 pub mod conn;
 pub mod enroll;
 pub mod hooks;
+pub mod metrics;
 pub mod scan;
 pub mod schedule;
 pub mod snapshot;

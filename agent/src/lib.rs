@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod scan;
 pub mod schedule;
 pub mod snapshot;
+pub mod status;
 pub mod units;
 pub mod upload;

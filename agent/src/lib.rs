@@ -5,6 +5,12 @@
 //! certificate; [`snapshot`] runs one snapshot through the [`scan`]
 //! pipeline and the [`upload`]er over a [`conn`]ection, using the change
 //! [`cache`] to skip unchanged files.
+//!
+//! Building blocks of the daemon (`pulih-agent run`): [`schedule`] (when),
+//! [`hooks`] (pre/post commands), [`throttle`] (bandwidth limit),
+//! [`metrics`] (Prometheus endpoint), [`status`] (what `pulih-agent status`
+//! shows), [`systemd`] (notifications) and [`units`] (durations and sizes
+//! in the configuration).
 
 pub mod cache;
 pub mod config;
@@ -16,5 +22,7 @@ pub mod scan;
 pub mod schedule;
 pub mod snapshot;
 pub mod status;
+pub mod systemd;
+pub mod throttle;
 pub mod units;
 pub mod upload;

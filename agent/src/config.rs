@@ -4,12 +4,20 @@
 //! problem reported at once) and resolved into a [`Settings`] the rest of
 //! the agent uses.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use pulih_core::{AgentName, DatasetName};
 use serde::Deserialize;
+use time::UtcOffset;
+
+use crate::hooks::Hook;
+use crate::schedule::Schedule;
+use crate::units::{parse_duration, parse_size};
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -19,6 +27,10 @@ pub struct RawConfig {
     pub controller: ControllerSection,
     #[serde(default)]
     pub upload: UploadSection,
+    #[serde(default)]
+    pub daemon: DaemonSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     #[serde(default)]
     pub dataset: Vec<DatasetSection>,
 }
@@ -48,11 +60,57 @@ pub struct UploadSection {
     pub compression_level: i32,
     /// Threads that read, chunk, hash and compress; 0 = one per core.
     pub threads: usize,
+    /// Bytes per second sent to the controller, as a size ("20MiB"); "0" = unlimited.
+    pub bandwidth_limit: String,
 }
 
 impl Default for UploadSection {
     fn default() -> Self {
-        Self { compression_level: 1, threads: 0 }
+        Self { compression_level: 1, threads: 0, bandwidth_limit: "0".into() }
+    }
+}
+
+/// How `pulih-agent run` behaves as a service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSection {
+    /// First wait (a duration) before retrying when the controller is unreachable.
+    pub retry_min: String,
+    /// Longest wait between retries (the backoff doubles up to this).
+    pub retry_max: String,
+    /// How long SIGTERM may take: an upload in progress is finished or abandoned within it.
+    pub shutdown_timeout: String,
+    /// Renew the agent's certificate when less than this is left.
+    pub renew_before: String,
+    /// UTC offset of calendar schedules ("+07:00"); default: the machine's at startup.
+    pub utc_offset: Option<String>,
+}
+
+impl Default for DaemonSection {
+    fn default() -> Self {
+        Self {
+            retry_min: "5s".into(),
+            retry_max: "10m".into(),
+            shutdown_timeout: "30s".into(),
+            renew_before: "30d".into(),
+            utc_offset: None,
+        }
+    }
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// IP:PORT to serve /metrics on; loopback by default.
+    pub listen: String,
+    /// Whether to serve metrics at all.
+    pub enabled: bool,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9464".into(), enabled: true }
     }
 }
 
@@ -72,7 +130,30 @@ pub struct DatasetSection {
     /// never match `/`; `**` matches any number of directories.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// When to snapshot: an interval ("15m") or a calendar expression
+    /// ("daily 01:30"); see [`crate::schedule`].
+    pub schedule: Option<String>,
+    /// Watch the paths and snapshot what changed, shortly after it changed.
+    #[serde(default)]
+    pub continuous: bool,
+    /// Continuous mode: quiet time after a change before the snapshot starts (a duration).
+    pub debounce: Option<String>,
+    /// Continuous mode: a full rescan at this interval, in case a change was missed.
+    pub rescan_interval: Option<String>,
+    /// Recovery point objective: how old the DRC copy may get (a duration).
+    pub rpo_target: Option<String>,
+    /// Command before each snapshot: a string (run with /bin/sh -c) or an array (argv, no shell).
+    pub pre_hook: Option<toml::Value>,
+    /// Command after each snapshot, also after a failed one; same forms as `pre_hook`.
+    pub post_hook: Option<toml::Value>,
+    /// Longest time one hook may run (a duration).
+    pub hook_timeout: Option<String>,
 }
+
+/// Defaults of the per-dataset durations.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(500);
+pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A dataset ready to snapshot.
 #[derive(Debug, Clone)]
@@ -80,6 +161,92 @@ pub struct Dataset {
     pub name: DatasetName,
     pub paths: Vec<PathBuf>,
     pub exclude: Exclude,
+    /// None with `continuous = false`: manual snapshots only.
+    pub schedule: Option<Schedule>,
+    pub continuous: bool,
+    pub debounce: Duration,
+    pub rescan_interval: Duration,
+    pub rpo_target: Option<Duration>,
+    pub pre_hook: Option<Hook>,
+    pub post_hook: Option<Hook>,
+    pub hook_timeout: Duration,
+}
+
+impl Dataset {
+    /// How the dataset is triggered, for status and the controller:
+    /// "daily 01:30", "continuous", "continuous + 15m" or "manual".
+    pub fn mode(&self) -> String {
+        match (self.continuous, &self.schedule) {
+            (true, Some(s)) => format!("continuous + {s}"),
+            (true, None) => "continuous".into(),
+            (false, Some(s)) => s.to_string(),
+            (false, None) => "manual".into(),
+        }
+    }
+}
+
+/// Resolved `[daemon]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSettings {
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub shutdown_timeout: Duration,
+    pub renew_before: Duration,
+    /// Offset calendar schedules are read in.
+    pub utc_offset: UtcOffset,
+}
+
+/// The machine's UTC offset, read once: the first call (from `main`, while
+/// the process has one thread, which reading the local offset requires)
+/// fixes it for the life of the process, so a reload uses the same value.
+/// UTC, with a warning, when it cannot be read.
+pub fn local_offset() -> UtcOffset {
+    static OFFSET: OnceLock<UtcOffset> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        UtcOffset::current_local_offset().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the local UTC offset; using UTC for calendar schedules (set [daemon] utc_offset)");
+            UtcOffset::UTC
+        })
+    })
+}
+
+/// Parses "+07:00", "-03:30", "+0700", "Z" or "UTC".
+fn parse_offset(text: &str) -> Result<UtcOffset, String> {
+    let bad = || "expected an offset such as \"+07:00\" (WIB), \"+08:00\" (WITA) or \"+09:00\" (WIT)".to_string();
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("utc") || t == "Z" {
+        return Ok(UtcOffset::UTC);
+    }
+    let sign = match t.as_bytes().first() {
+        Some(b'+') => 1,
+        Some(b'-') => -1,
+        _ => return Err(bad()),
+    };
+    let digits: String = t[1..].chars().filter(|c| *c != ':').collect();
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) || t[1..].len() - digits.len() > 1 {
+        return Err(bad());
+    }
+    let (h, m): (i8, i8) = (digits[..2].parse().map_err(|_| bad())?, digits[2..].parse().map_err(|_| bad())?);
+    // Real offsets run from -12:00 to +14:00.
+    if m > 59 || h > 14 {
+        return Err(bad());
+    }
+    UtcOffset::from_hms(sign * h, sign * m, 0).map_err(|_| bad())
+}
+
+/// Reads a hook: a non-empty string or a non-empty array of strings.
+fn parse_hook(v: &toml::Value) -> Result<Hook, String> {
+    const EXPECTED: &str =
+        "expected a command line (run with /bin/sh -c) or an array of strings (program and arguments, no shell)";
+    match v {
+        toml::Value::String(s) if !s.trim().is_empty() => Ok(Hook::Shell(s.clone())),
+        toml::Value::Array(a) if !a.is_empty() => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_owned).ok_or_else(|| format!("{EXPECTED}; {x} is not a string")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Hook::Argv),
+        _ => Err(format!("{EXPECTED}, not {v}")),
+    }
 }
 
 /// Compiled exclusion patterns.
@@ -164,6 +331,11 @@ pub struct Settings {
     pub server_name: String,
     pub compression_level: i32,
     pub threads: usize,
+    /// Bytes per second for uploads; None = unlimited.
+    pub bandwidth_limit: Option<u64>,
+    pub daemon: DaemonSettings,
+    /// Address of the metrics endpoint; None when disabled.
+    pub metrics: Option<SocketAddr>,
     pub datasets: Vec<Dataset>,
 }
 
@@ -199,10 +371,74 @@ impl Settings {
         if !(1..=19).contains(&raw.upload.compression_level) {
             problems.push(format!("upload.compression_level {} must be 1 to 19", raw.upload.compression_level));
         }
+        // A duration key: the problem names the key and the text.
+        let mut duration = |at: &str, text: &str, default: Duration, positive: bool| -> Duration {
+            match parse_duration(text) {
+                Ok(d) if positive && d.is_zero() => {
+                    problems.push(format!("{at} {text:?}: must be more than 0"));
+                    default
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    problems.push(format!("{at} {text:?}: {e}"));
+                    default
+                }
+            }
+        };
+        let daemon_raw = &raw.daemon;
+        // The fallback values never reach Settings: a problem means an error.
+        let retry_min = duration("daemon.retry_min", &daemon_raw.retry_min, Duration::ZERO, true);
+        let retry_max = duration("daemon.retry_max", &daemon_raw.retry_max, Duration::ZERO, true);
+        let shutdown_timeout = duration("daemon.shutdown_timeout", &daemon_raw.shutdown_timeout, Duration::ZERO, true);
+        let renew_before = duration("daemon.renew_before", &daemon_raw.renew_before, Duration::ZERO, true);
+        let mut dataset_durations = Vec::new();
+        for (i, d) in raw.dataset.iter().enumerate() {
+            let at = format!("dataset[{i}] {:?}", d.name);
+            let mut get = |key: &str, v: &Option<String>, default: Duration, positive: bool| match v {
+                Some(text) => duration(&format!("{at}: {key}"), text, default, positive),
+                None => default,
+            };
+            let debounce = get("debounce", &d.debounce, DEFAULT_DEBOUNCE, false);
+            let rescan = get("rescan_interval", &d.rescan_interval, DEFAULT_RESCAN_INTERVAL, true);
+            let hook_timeout = get("hook_timeout", &d.hook_timeout, DEFAULT_HOOK_TIMEOUT, true);
+            let rpo = d.rpo_target.as_ref().map(|_| get("rpo_target", &d.rpo_target, Duration::ZERO, true));
+            dataset_durations.push((debounce, rescan, hook_timeout, rpo));
+        }
+        if retry_min > retry_max {
+            problems.push(format!(
+                "daemon.retry_min {:?} is longer than daemon.retry_max {:?}",
+                daemon_raw.retry_min, daemon_raw.retry_max
+            ));
+        }
+        let utc_offset = match &daemon_raw.utc_offset {
+            None => local_offset(),
+            Some(t) => parse_offset(t).unwrap_or_else(|e| {
+                problems.push(format!("daemon.utc_offset {t:?}: {e}"));
+                UtcOffset::UTC
+            }),
+        };
+        let bandwidth_limit = match parse_size(&raw.upload.bandwidth_limit) {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(e) => {
+                problems.push(format!("upload.bandwidth_limit {:?}: {e}", raw.upload.bandwidth_limit));
+                None
+            }
+        };
+        let metrics = match raw.metrics.listen.parse::<SocketAddr>() {
+            Ok(a) => raw.metrics.enabled.then_some(a),
+            Err(_) => {
+                problems.push(format!(
+                    "metrics.listen {:?}: expected IP:PORT such as \"127.0.0.1:9464\" (a host name is not accepted)",
+                    raw.metrics.listen
+                ));
+                None
+            }
+        };
         let mut datasets = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, d) in raw.dataset.iter().enumerate() {
-            let at = format!("dataset[{i}] ({})", d.name);
+            let at = format!("dataset[{i}] {:?}", d.name);
             let name = DatasetName::new(&d.name).map_err(|e| problems.push(format!("{at}: {e}"))).ok();
             if !seen.insert(d.name.clone()) {
                 problems.push(format!("{at}: duplicate dataset name"));
@@ -223,8 +459,30 @@ impl Settings {
                 }
             }
             let exclude = Exclude::compile(&d.exclude).map_err(|e| problems.push(format!("{at}: {e}"))).ok();
+            let schedule = d
+                .schedule
+                .as_ref()
+                .and_then(|t| Schedule::parse(t).map_err(|e| problems.push(format!("{at}: schedule {t:?}: {e}"))).ok());
+            let mut hook = |key: &str, v: &Option<toml::Value>| {
+                v.as_ref().and_then(|v| parse_hook(v).map_err(|e| problems.push(format!("{at}: {key}: {e}"))).ok())
+            };
+            let pre_hook = hook("pre_hook", &d.pre_hook);
+            let post_hook = hook("post_hook", &d.post_hook);
+            let (debounce, rescan_interval, hook_timeout, rpo_target) = dataset_durations[i];
             if let (Some(name), Some(exclude)) = (name, exclude) {
-                datasets.push(Dataset { name, paths: d.paths.clone(), exclude });
+                datasets.push(Dataset {
+                    name,
+                    paths: d.paths.clone(),
+                    exclude,
+                    schedule,
+                    continuous: d.continuous,
+                    debounce,
+                    rescan_interval,
+                    rpo_target,
+                    pre_hook,
+                    post_hook,
+                    hook_timeout,
+                });
             }
         }
         if !problems.is_empty() {
@@ -242,6 +500,9 @@ impl Settings {
             server_name,
             compression_level: raw.upload.compression_level,
             threads,
+            bandwidth_limit,
+            daemon: DaemonSettings { retry_min, retry_max, shutdown_timeout, renew_before, utc_offset },
+            metrics,
             datasets,
         })
     }
@@ -284,6 +545,32 @@ address = "{address}"
 compression_level = 1
 # Thread baca/hash/kompresi; 0 = satu per inti / worker threads; 0 = one per core.
 threads = 0
+# Batas bandwidth unggah per detik ("20MiB", "500KiB"); "0" = tanpa batas.
+# Upload bandwidth limit per second ("20MiB", "500KiB"); "0" = unlimited.
+# bandwidth_limit = "0"
+
+# Perilaku `pulih-agent run` sebagai layanan / how `pulih-agent run` behaves as a service.
+# Durasi: "500ms", "30s", "15m", "1h30m", "7d" / durations: "500ms", "30s", "15m", "1h30m", "7d".
+# [daemon]
+# Jeda pertama dan terlama sebelum mencoba lagi saat pengendali tidak terjangkau.
+# First and longest wait before retrying while the controller is unreachable.
+# retry_min = "5s"
+# retry_max = "10m"
+# Batas waktu berhenti (SIGTERM); unggahan yang berjalan diselesaikan atau dibatalkan.
+# Time allowed to stop (SIGTERM); an upload in progress is finished or abandoned.
+# shutdown_timeout = "30s"
+# Perbarui sertifikat agen bila sisa masa berlakunya kurang dari ini.
+# Renew the agent's certificate when less than this is left.
+# renew_before = "30d"
+# Zona waktu jadwal kalender; bawaan: zona mesin saat mulai (WIB "+07:00", WITA "+08:00", WIT "+09:00").
+# UTC offset of calendar schedules; default: the machine's at startup.
+# utc_offset = "+07:00"
+
+# Metrik Prometheus di /metrics / Prometheus metrics at /metrics.
+# [metrics]
+# Alamat IP:PORT; bawaan hanya loopback / IP:PORT; loopback only by default.
+# listen = "127.0.0.1:9464"
+# enabled = true
 
 # Dataset yang dilindungi; tambahkan sesuai kebutuhan.
 # Datasets to protect; add as many as needed.
@@ -301,10 +588,30 @@ threads = 0
 # "*" dan "?" tidak pernah cocok dengan "/"; "**" cocok dengan direktori berapa pun.
 # "*" and "?" never match "/"; "**" matches any number of directories.
 #
+# Pemicu / triggers: schedule = interval ("15m") atau kalender / or calendar
+# ("hourly", "hourly :15", "daily 01:30", "weekly mon 02:00", "monthly 1 03:00"),
+# dan/atau / and/or continuous = true (pantau perubahan / watch for changes).
+# Tanpa keduanya hanya `pulih-agent snapshot` manual / with neither, manual snapshots only.
+# debounce: jeda tenang setelah perubahan / quiet time after a change (bawaan / default "500ms").
+# rescan_interval: pemindaian penuh berkala mode continuous / continuous mode's full rescan ("6h").
+# rpo_target: umur maksimum salinan DRC / how old the DRC copy may get, e.g. "15m".
+# pre_hook/post_hook: string (dijalankan /bin/sh -c) atau array argv tanpa shell;
+# a string (run with /bin/sh -c) or an argv array without a shell. pre_hook gagal =
+# snapshot dilewati; post_hook selalu dijalankan / a failed pre_hook skips the
+# snapshot; post_hook always runs. hook_timeout: batas waktu tiap hook / per hook ("10m").
+#
 # [[dataset]]
 # name = "simpeg"
 # paths = ["/srv/simpeg/data", "/etc/simpeg"]
 # exclude = ["*.tmp", "cache/", "logs/*.gz", "/srv/simpeg/data/tmp"]
+# continuous = true
+# schedule = "daily 01:30"
+# debounce = "500ms"
+# rescan_interval = "6h"
+# rpo_target = "15m"
+# pre_hook = ["/usr/local/sbin/simpeg-db-start-backup"]
+# post_hook = "/usr/local/sbin/simpeg-db-stop-backup"
+# hook_timeout = "10m"
 "#,
         state = state_dir.display()
     )
@@ -440,6 +747,176 @@ exclude = ["[bad"]
         ] {
             assert!(err.contains(needle), "missing {needle}: {err}");
         }
+    }
+
+    const MINIMAL: &str = "[agent]\nname = \"web\"\nstate_dir = \"/s\"\n[controller]\naddress = \"h:1\"\n";
+
+    #[test]
+    fn service_defaults() {
+        let s = Settings::parse(&format!("{MINIMAL}[[dataset]]\nname = \"d\"\npaths = [\"/d\"]\n")).unwrap();
+        assert_eq!(s.bandwidth_limit, None);
+        assert_eq!(s.daemon.retry_min, Duration::from_secs(5));
+        assert_eq!(s.daemon.retry_max, Duration::from_secs(600));
+        assert_eq!(s.daemon.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(s.daemon.renew_before, Duration::from_secs(30 * 86400));
+        assert_eq!(s.daemon.utc_offset, local_offset());
+        assert_eq!(s.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        let d = &s.datasets[0];
+        assert_eq!((d.schedule, d.continuous, d.rpo_target), (None, false, None));
+        assert_eq!(
+            (d.debounce, d.rescan_interval, d.hook_timeout),
+            (DEFAULT_DEBOUNCE, DEFAULT_RESCAN_INTERVAL, DEFAULT_HOOK_TIMEOUT)
+        );
+        assert_eq!((&d.pre_hook, &d.post_hook), (&None, &None));
+        assert_eq!(d.mode(), "manual");
+    }
+
+    #[test]
+    fn service_keys_resolve() {
+        let t = format!(
+            r#"{MINIMAL}
+[upload]
+bandwidth_limit = "20MiB"
+[daemon]
+retry_min = "1s"
+retry_max = "1h"
+shutdown_timeout = "45s"
+renew_before = "7d"
+utc_offset = "+08:00"
+[metrics]
+listen = "[::1]:9000"
+enabled = false
+[[dataset]]
+name = "a"
+paths = ["/a"]
+schedule = "daily 01:30"
+continuous = true
+debounce = "0"
+rescan_interval = "1h30m"
+rpo_target = "5m"
+pre_hook = "pg_backup_start > /tmp/x"
+post_hook = ["/usr/bin/psql", "-c", "select pg_backup_stop()"]
+hook_timeout = "2m"
+[[dataset]]
+name = "b"
+paths = ["/b"]
+continuous = true
+[[dataset]]
+name = "c"
+paths = ["/c"]
+schedule = "15m"
+"#
+        );
+        let s = Settings::parse(&t).unwrap();
+        assert_eq!(s.bandwidth_limit, Some(20 << 20));
+        assert_eq!(
+            s.daemon,
+            DaemonSettings {
+                retry_min: Duration::from_secs(1),
+                retry_max: Duration::from_secs(3600),
+                shutdown_timeout: Duration::from_secs(45),
+                renew_before: Duration::from_secs(7 * 86400),
+                utc_offset: UtcOffset::from_hms(8, 0, 0).unwrap(),
+            }
+        );
+        assert_eq!(s.metrics, None);
+        let a = &s.datasets[0];
+        assert_eq!(a.schedule, Some(Schedule::parse("daily 01:30").unwrap()));
+        assert!(a.continuous);
+        assert_eq!(a.debounce, Duration::ZERO);
+        assert_eq!(a.rescan_interval, Duration::from_secs(5400));
+        assert_eq!(a.rpo_target, Some(Duration::from_secs(300)));
+        assert_eq!(a.pre_hook, Some(Hook::Shell("pg_backup_start > /tmp/x".into())));
+        assert_eq!(
+            a.post_hook,
+            Some(Hook::Argv(vec!["/usr/bin/psql".into(), "-c".into(), "select pg_backup_stop()".into()]))
+        );
+        assert_eq!(a.hook_timeout, Duration::from_secs(120));
+        assert_eq!(a.mode(), "continuous + daily 01:30");
+        assert_eq!(s.datasets[1].mode(), "continuous");
+        assert_eq!(s.datasets[2].mode(), "15m");
+    }
+
+    #[test]
+    fn service_problems_name_the_key_and_are_reported_together() {
+        let t = format!(
+            r#"{MINIMAL}
+[upload]
+bandwidth_limit = "20 megs"
+[daemon]
+retry_min = "1h"
+retry_max = "5m"
+shutdown_timeout = "0"
+renew_before = "30 days"
+utc_offset = "WIB"
+[metrics]
+listen = "localhost:9464"
+[[dataset]]
+name = "ok"
+paths = ["/ok"]
+[[dataset]]
+name = "www"
+paths = ["/www"]
+schedule = "dayly 01:30"
+debounce = "fast"
+rescan_interval = "0s"
+rpo_target = "5"
+pre_hook = ""
+post_hook = ["/bin/true", 3]
+hook_timeout = "-1m"
+"#
+        );
+        let err = format!("{:#}", Settings::parse(&t).unwrap_err());
+        for needle in [
+            "upload.bandwidth_limit \"20 megs\": expected a size",
+            "daemon.retry_min \"1h\" is longer than daemon.retry_max \"5m\"",
+            "daemon.shutdown_timeout \"0\": must be more than 0",
+            "daemon.renew_before \"30 days\": expected a duration",
+            "daemon.utc_offset \"WIB\": expected an offset",
+            "metrics.listen \"localhost:9464\": expected IP:PORT",
+            "dataset[1] \"www\": schedule \"dayly 01:30\": expected",
+            "dataset[1] \"www\": debounce \"fast\": expected a duration",
+            "dataset[1] \"www\": rescan_interval \"0s\": must be more than 0",
+            "dataset[1] \"www\": rpo_target \"5\": expected a duration",
+            "dataset[1] \"www\": pre_hook: expected a command line",
+            "dataset[1] \"www\": post_hook: expected a command line",
+            "dataset[1] \"www\": hook_timeout \"-1m\": expected a duration",
+        ] {
+            assert!(err.contains(needle), "missing {needle}:\n{err}");
+        }
+        assert!(!err.contains("dataset[0]"), "{err}");
+    }
+
+    #[test]
+    fn utc_offsets_parse() {
+        for (t, secs) in
+            [("+07:00", 7 * 3600), ("+0800", 8 * 3600), ("-03:30", -(3 * 3600 + 1800)), ("UTC", 0), ("Z", 0)]
+        {
+            assert_eq!(parse_offset(t).map(|o| o.whole_seconds()), Ok(secs), "{t}");
+        }
+        for t in ["", "7", "+7", "+07", "+07:60", "+25:00", "+07::00", "WIB"] {
+            assert!(parse_offset(t).is_err(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn template_with_every_commented_key_enabled_parses() {
+        // Uncomment every "# key = value" line of the template: the keys
+        // and values it documents are ones the agent accepts.
+        let t = template("web", Path::new("/var/lib/pulih-agent"), "drc.example:7443");
+        let on: String = t
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(r) if r.starts_with('[') || r.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')) => r,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let s = Settings::parse(&on).unwrap_or_else(|e| panic!("{e:#}\n{on}"));
+        assert_eq!(s.datasets.len(), 1);
+        assert_eq!(s.datasets[0].mode(), "continuous + daily 01:30");
+        assert!(s.datasets[0].pre_hook.is_some() && s.datasets[0].post_hook.is_some());
+        assert_eq!(s.daemon.utc_offset, UtcOffset::from_hms(7, 0, 0).unwrap());
     }
 
     #[test]

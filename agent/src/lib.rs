@@ -5,6 +5,14 @@
 //! certificate; [`snapshot`] runs one snapshot through the [`scan`]
 //! pipeline and the [`upload`]er over a [`conn`]ection, using the change
 //! [`cache`] to skip unchanged files.
+//!
+//! Building blocks of the daemon (`pulih-agent run`): [`schedule`] (when),
+//! [`hooks`] (pre/post commands), [`throttle`] (bandwidth limit),
+//! [`metrics`] (Prometheus endpoint), [`status`] (what `pulih-agent status`
+//! shows), [`systemd`] (notifications) and [`units`] (durations and sizes
+//! in the configuration); [`daemon`] runs them, [`watch`] feeds continuous
+//! mode, [`repair`] resends chunks the DRC found damaged, [`check`]
+//! diagnoses a configuration.
 
 pub mod cache;
 pub mod check;
@@ -13,10 +21,14 @@ pub mod conn;
 pub mod daemon;
 pub mod enroll;
 pub mod hooks;
+pub mod metrics;
 pub mod repair;
 pub mod scan;
 pub mod schedule;
 pub mod snapshot;
+pub mod status;
+pub mod systemd;
+pub mod throttle;
 pub mod units;
 pub mod upload;
 pub mod watch;

@@ -22,6 +22,9 @@ fn agent_example_parses() {
     assert!(d.exclude.excludes(Path::new("/srv/simpeg/data/x.tmp"), "x.tmp".as_ref(), false));
     assert!(d.exclude.excludes(Path::new("/srv/simpeg/data/cache"), "cache".as_ref(), true));
     assert!(!d.exclude.excludes(Path::new("/srv/simpeg/data/pegawai.db"), "pegawai.db".as_ref(), false));
+    assert_eq!(d.mode(), "continuous + daily 01:30");
+    assert!(d.pre_hook.is_some() && d.post_hook.is_some());
+    assert_eq!(s.metrics, Some("127.0.0.1:9464".parse().unwrap()));
 }
 
 #[test]
@@ -30,7 +33,9 @@ fn agent_example_has_every_key() {
     for (section, keys) in [
         ("agent", &["name", "state_dir"][..]),
         ("controller", &["address", "server_name"][..]),
-        ("upload", &["compression_level", "threads"][..]),
+        ("upload", &["compression_level", "threads", "bandwidth_limit"][..]),
+        ("daemon", &["retry_min", "retry_max", "shutdown_timeout", "renew_before", "utc_offset"][..]),
+        ("metrics", &["listen", "enabled"][..]),
     ] {
         let t = v[section].as_table().unwrap_or_else(|| panic!("[{section}] missing"));
         for k in keys {
@@ -38,7 +43,19 @@ fn agent_example_has_every_key() {
         }
     }
     let ds = v["dataset"].as_array().expect("[[dataset]] missing");
-    for k in ["name", "paths", "exclude"] {
+    for k in [
+        "name",
+        "paths",
+        "exclude",
+        "schedule",
+        "continuous",
+        "debounce",
+        "rescan_interval",
+        "rpo_target",
+        "pre_hook",
+        "post_hook",
+        "hook_timeout",
+    ] {
         assert!(ds[0].as_table().unwrap().contains_key(k), "dataset.{k} missing from {EXAMPLE}");
     }
 }

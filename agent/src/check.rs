@@ -84,17 +84,30 @@ fn files(r: &mut Report, s: &Settings) {
     match std::fs::metadata(&key) {
         Ok(m) if m.permissions().mode() & 0o077 != 0 => r.line(
             false,
-            format!("kunci privat {} dapat dibaca pengguna lain (mode {:o}); jalankan chmod 600", key.display(), m.permissions().mode() & 0o777),
-            format!("private key {} is readable by others (mode {:o}); run chmod 600", key.display(), m.permissions().mode() & 0o777),
+            format!(
+                "kunci privat {} dapat dibaca pengguna lain (mode {:o}); jalankan chmod 600",
+                key.display(),
+                m.permissions().mode() & 0o777
+            ),
+            format!(
+                "private key {} is readable by others (mode {:o}); run chmod 600",
+                key.display(),
+                m.permissions().mode() & 0o777
+            ),
         ),
         Ok(_) => r.line(true, format!("kunci privat {}", key.display()), format!("private key {}", key.display())),
         Err(e) => r.line(
             false,
-            format!("kunci privat {} tidak dapat dibaca ({e}); apakah agen sudah didaftarkan (pulih-agent enroll)?", key.display()),
+            format!(
+                "kunci privat {} tidak dapat dibaca ({e}); apakah agen sudah didaftarkan (pulih-agent enroll)?",
+                key.display()
+            ),
             format!("private key {} cannot be read ({e}); is this agent enrolled (pulih-agent enroll)?", key.display()),
         ),
     }
-    for (p, what_id, what_en) in [(s.ca_path(), "sertifikat CA", "CA certificate"), (s.cert_path(), "sertifikat agen", "agent certificate")] {
+    for (p, what_id, what_en) in
+        [(s.ca_path(), "sertifikat CA", "CA certificate"), (s.cert_path(), "sertifikat agen", "agent certificate")]
+    {
         if let Err(e) = CertificateDer::from_pem_file(&p) {
             r.line(false, format!("{what_id} {}: {e}", p.display()), format!("{what_en} {}: {e}", p.display()));
         }
@@ -111,8 +124,14 @@ fn files(r: &mut Report, s: &Settings) {
             } else {
                 r.line(
                     true,
-                    format!("sertifikat agen berlaku {days} hari lagi (diperbarui otomatis {} hari sebelum habis)", s.daemon.renew_before.as_secs() / 86400),
-                    format!("agent certificate valid for {days} more days (renewed automatically {} days before)", s.daemon.renew_before.as_secs() / 86400),
+                    format!(
+                        "sertifikat agen berlaku {days} hari lagi (diperbarui otomatis {} hari sebelum habis)",
+                        s.daemon.renew_before.as_secs() / 86400
+                    ),
+                    format!(
+                        "agent certificate valid for {days} more days (renewed automatically {} days before)",
+                        s.daemon.renew_before.as_secs() / 86400
+                    ),
                 );
             }
         }
@@ -126,7 +145,8 @@ fn files(r: &mut Report, s: &Settings) {
 fn datasets(r: &mut Report, s: &Settings) {
     for ds in &s.datasets {
         for p in &ds.paths {
-            let readable = if p.is_dir() { std::fs::read_dir(p).map(|_| ()) } else { std::fs::File::open(p).map(|_| ()) };
+            let readable =
+                if p.is_dir() { std::fs::read_dir(p).map(|_| ()) } else { std::fs::File::open(p).map(|_| ()) };
             match readable {
                 Ok(()) => r.line(
                     true,

@@ -82,7 +82,13 @@ impl Conn {
                 }
             })?;
         }
-        Ok(Self { stream, rbuf: Vec::with_capacity(64 * 1024), wbuf: Vec::with_capacity(1024 * 1024), bytes_sent: 0, throttle: None })
+        Ok(Self {
+            stream,
+            rbuf: Vec::with_capacity(64 * 1024),
+            wbuf: Vec::with_capacity(1024 * 1024),
+            bytes_sent: 0,
+            throttle: None,
+        })
     }
 
     /// Limits what this connection sends (bytes per second, shared).

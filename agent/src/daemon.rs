@@ -79,7 +79,11 @@ enum Failure {
     /// The pre-hook failed; nothing was read.
     Skipped(String),
     Cancelled,
-    Failed { kind: &'static str, message: String, temporary: bool },
+    Failed {
+        kind: &'static str,
+        message: String,
+        temporary: bool,
+    },
 }
 
 struct Finished {
@@ -260,7 +264,8 @@ fn status_path(settings: &Settings) -> PathBuf {
 
 fn spawn_signal_thread(tx: Sender<Msg>) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         for s in signals.forever() {
             if tx.send(Msg::Signal(s)).is_err() {
@@ -555,7 +560,8 @@ impl Daemon {
             Ok(()) => self.report_failures = 0,
             Err(e) => {
                 self.report_failures += 1;
-                let wait = backoff(self.report_failures, self.settings.daemon.retry_min, self.settings.daemon.retry_max);
+                let wait =
+                    backoff(self.report_failures, self.settings.daemon.retry_min, self.settings.daemon.retry_max);
                 warn!(error = %e, retry_in_s = wait.as_secs(), "could not report the datasets to the controller");
                 self.report_at = Some(Instant::now() + wait);
             }
@@ -593,8 +599,12 @@ impl Daemon {
         while self.datasets.values().any(|s| s.running) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let running: Vec<_> = self.datasets.values().filter(|s| s.running).map(|s| s.ds.name.to_string()).collect();
-                warn!(?running, "snapshots still running at the shutdown timeout; exiting (nothing partial is committed)");
+                let running: Vec<_> =
+                    self.datasets.values().filter(|s| s.running).map(|s| s.ds.name.to_string()).collect();
+                warn!(
+                    ?running,
+                    "snapshots still running at the shutdown timeout; exiting (nothing partial is committed)"
+                );
                 break;
             }
             match self.rx.recv_timeout(left.min(Duration::from_millis(250))) {
@@ -664,7 +674,14 @@ impl Job {
         let t0 = Instant::now();
         let result = self.snapshot();
         let full = self.dirty.is_none();
-        let f = Finished { dataset: self.ds.name.to_string(), result, dirty: self.dirty, full, started, took: t0.elapsed() };
+        let f = Finished {
+            dataset: self.ds.name.to_string(),
+            result,
+            dirty: self.dirty,
+            full,
+            started,
+            took: t0.elapsed(),
+        };
         let _ = self.tx.send(Msg::Finished(Box::new(f)));
     }
 
@@ -700,7 +717,11 @@ impl Job {
                     self.run_hook(post, "post", &[("PULIH_RESULT", "skipped".into())]);
                 }
                 let tail: String = o.output.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect();
-                return Err(Failure::Skipped(format!("pre-hook failed ({}); snapshot skipped: {}", o.status, tail.trim())));
+                return Err(Failure::Skipped(format!(
+                    "pre-hook failed ({}); snapshot skipped: {}",
+                    o.status,
+                    tail.trim()
+                )));
             }
         }
         let opts = Options {
@@ -745,7 +766,10 @@ pub fn report_all(settings: &Settings, tls: Arc<rustls::ClientConfig>) -> Result
     match conn.recv()? {
         Message::ReportOk { repair } => {
             if !repair.is_empty() {
-                info!(chunks = repair.len(), "the controller asks for damaged chunks; they are sent with the next snapshots");
+                info!(
+                    chunks = repair.len(),
+                    "the controller asks for damaged chunks; they are sent with the next snapshots"
+                );
             }
         }
         other => return Err(ConnError::Protocol(format!("unexpected answer to report: {}", other.name()))),

@@ -50,11 +50,7 @@ pub fn enroll(
 
     let cfg = Arc::new(tls::enroll_client_config(fp)?);
     let mut conn = Conn::connect(controller, &settings.server_name, cfg)?;
-    conn.send(&Message::EnrollRequest {
-        token: token.trim().to_owned(),
-        name: agent.to_string(),
-        csr_der: csr,
-    })?;
+    conn.send(&Message::EnrollRequest { token: token.trim().to_owned(), name: agent.to_string(), csr_der: csr })?;
     let (cert_der, ca_der) = match conn.recv()? {
         Message::Enrolled { cert_der, ca_der } => (cert_der, ca_der),
         other => bail!("unexpected answer to enrollment: {}", other.name()),

@@ -35,7 +35,7 @@ pub struct StatusFile {
 }
 
 /// One dataset's state. Times are Unix seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DatasetStatus {
     pub name: String,
     /// How it is triggered: "daily 01:30", "continuous", "continuous + 15m" or "manual".

@@ -351,14 +351,19 @@ impl Server {
     ) -> Result<Message, SessionError> {
         let name = AgentName::new(agent).map_err(|e| SessionError::new(ErrorCode::Protocol, e.to_string()))?;
         let agent_id = session.lock().unwrap_or_else(|e| e.into_inner()).agent_id;
-        let recent =
-            self.backend.catalog.lock().unwrap_or_else(|e| e.into_inner()).newest_certificate_issued(agent_id)?;
-        // One renewal per hour at most: a compromised or looping agent
-        // cannot mint certificates without bound.
-        if recent.is_some_and(|t| crate::catalog::now_secs() - t < RENEW_MIN_INTERVAL_SECS) {
+        let since = crate::catalog::now_secs() - 86_400;
+        let recent = self
+            .backend
+            .catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .certificates_issued_since(agent_id, since)?;
+        // A compromised or looping agent cannot mint certificates without
+        // bound; a real renewal happens once a year.
+        if recent >= MAX_CERTS_PER_DAY {
             return Err(SessionError::new(
                 ErrorCode::Forbidden,
-                format!("agent {agent} got a certificate less than an hour ago; renewal refused"),
+                format!("agent {agent} got {recent} certificates in the last 24 hours; renewal refused"),
             ));
         }
         let cert = self
@@ -398,8 +403,8 @@ impl Server {
     }
 }
 
-/// Least time between two certificates issued to one agent.
-const RENEW_MIN_INTERVAL_SECS: i64 = 3600;
+/// Most certificates (enrollment included) issued to one agent in 24 hours.
+const MAX_CERTS_PER_DAY: u64 = 3;
 
 /// blake3 of an enrollment token, as stored in the catalog.
 pub fn token_hash(token: &str) -> String {

@@ -27,6 +27,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use crate::store::{BlobKind, BlobRef};
 
 mod reports;
+pub use reports::DatasetTarget;
 mod schema;
 pub use schema::SCHEMA_VERSION;
 

@@ -9,6 +9,14 @@ use rusqlite::params;
 
 use super::{now_secs, Catalog, CatalogError};
 
+/// A dataset's reported target and schedule.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DatasetTarget {
+    pub name: String,
+    pub rpo_target_secs: Option<i64>,
+    pub schedule: Option<String>,
+}
+
 impl Catalog {
     /// Records an agent's report about its datasets. Datasets are created
     /// when first named, so a target is known before the first snapshot.
@@ -53,11 +61,13 @@ impl Catalog {
         Ok(())
     }
 
-    /// When the agent's newest certificate was issued (Unix seconds).
-    pub fn newest_certificate_issued(&self, agent_id: i64) -> Result<Option<i64>, CatalogError> {
-        Ok(self
-            .conn
-            .query_row("SELECT max(issued_at) FROM certificates WHERE agent_id = ?1", [agent_id], |r| r.get(0))?)
+    /// How many certificates were issued to the agent since `since` (Unix seconds).
+    pub fn certificates_issued_since(&self, agent_id: i64, since: i64) -> Result<u64, CatalogError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM certificates WHERE agent_id = ?1 AND issued_at >= ?2",
+            params![agent_id, since],
+            |r| r.get(0),
+        )?)
     }
 
     /// Chunks this agent should resend. Damage tracking arrives with scrub
@@ -66,12 +76,14 @@ impl Catalog {
         Ok(Vec::new())
     }
 
-    /// Reported targets of an agent's datasets: (name, rpo seconds, schedule).
-    pub fn dataset_targets(&self, agent_id: i64) -> Result<Vec<(String, Option<i64>, Option<String>)>, CatalogError> {
+    /// Reported targets of an agent's datasets.
+    pub fn dataset_targets(&self, agent_id: i64) -> Result<Vec<DatasetTarget>, CatalogError> {
         let mut st = self
             .conn
             .prepare("SELECT name, rpo_target_secs, schedule FROM datasets WHERE agent_id = ?1 ORDER BY name")?;
-        let rows = st.query_map([agent_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let rows = st.query_map([agent_id], |r| {
+            Ok(DatasetTarget { name: r.get(0)?, rpo_target_secs: r.get(1)?, schedule: r.get(2)? })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
@@ -87,9 +99,10 @@ mod tests {
         cat.conn.execute("INSERT INTO agents (name, status, created_at) VALUES ('a', 'active', 0)", []).unwrap();
         let r = |rpo, s: &str| DatasetReport { name: "www".into(), rpo_target_secs: rpo, schedule: s.into() };
         cat.record_report(1, &[r(300, "continuous")]).unwrap();
-        assert_eq!(cat.dataset_targets(1).unwrap(), vec![("www".into(), Some(300), Some("continuous".into()))]);
+        let t = |rpo, s: &str| DatasetTarget { name: "www".into(), rpo_target_secs: rpo, schedule: Some(s.into()) };
+        assert_eq!(cat.dataset_targets(1).unwrap(), vec![t(Some(300), "continuous")]);
         cat.record_report(1, &[r(0, "daily 01:30")]).unwrap();
-        assert_eq!(cat.dataset_targets(1).unwrap(), vec![("www".into(), None, Some("daily 01:30".into()))]);
+        assert_eq!(cat.dataset_targets(1).unwrap(), vec![t(None, "daily 01:30")]);
         let bad = DatasetReport { name: "../x".into(), rpo_target_secs: 1, schedule: String::new() };
         assert!(cat.record_report(1, &[bad]).is_err());
     }

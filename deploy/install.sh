@@ -112,8 +112,7 @@ if ((controller)) && [[ -x $bin_dir/pulihctl ]]; then
     binaries+=(pulihctl)
 fi
 
-for f in pulih-controller.service pulih-agent-snapshot.service pulih-agent-snapshot.timer \
-    controller.toml.example agent.toml.example; do
+for f in pulih-controller.service pulih-agent.service controller.toml.example agent.toml.example; do
     [[ -f $script_dir/$f ]] || die "$script_dir/$f tidak ada / $script_dir/$f is missing"
 done
 
@@ -233,16 +232,33 @@ if ((controller)); then
 fi
 
 if ((agent)); then
+    if ((staging)); then
+        say "Melewati pembuatan pengguna pulih-agent karena --root (buat saat paket dipasang) / Skipping creation of user pulih-agent because of --root (create it when the package is installed)"
+    elif getent passwd pulih-agent >/dev/null; then
+        say "Pengguna pulih-agent sudah ada / User pulih-agent already exists"
+    else
+        say "Membuat pengguna sistem pulih-agent / Creating system user pulih-agent"
+        command -v useradd >/dev/null || ((dry_run)) ||
+            die "useradd tidak ditemukan; buat pengguna sistem pulih-agent secara manual / useradd not found; create the system user pulih-agent by hand"
+        nologin=$(command -v nologin || echo /usr/sbin/nologin)
+        run useradd --system --user-group --home-dir /var/lib/pulih-agent --no-create-home \
+            --shell "$nologin" --comment "Pulih agent" pulih-agent
+    fi
     make_dir /etc/pulih 0755
-    make_dir /var/lib/pulih-agent 0700
-    for u in pulih-agent-snapshot.service pulih-agent-snapshot.timer; do
-        say "Memasang unit $u / Installing unit $u"
-        install_file "$script_dir/$u" "/etc/systemd/system/$u" 0644 1
-    done
+    # The service runs as pulih-agent; systemd (StateDirectory=) also hands
+    # over files that `pulih-agent enroll` created as root.
+    make_dir /var/lib/pulih-agent 0700 pulih-agent:pulih-agent
+    say "Memasang unit pulih-agent.service / Installing unit pulih-agent.service"
+    install_file "$script_dir/pulih-agent.service" /etc/systemd/system/pulih-agent.service 0644 1
     say "Memasang contoh /etc/pulih/agent.toml.example / Installing example /etc/pulih/agent.toml.example"
     install_file "$script_dir/agent.toml.example" /etc/pulih/agent.toml.example 0644
     if [[ -e $(at /etc/pulih/agent.toml) ]]; then
         say "Konfigurasi /etc/pulih/agent.toml sudah ada, tidak diubah / Configuration /etc/pulih/agent.toml exists, left unchanged"
+    fi
+    # The timer of earlier versions would run snapshots beside the daemon.
+    if [[ -e $(at /etc/systemd/system/pulih-agent-snapshot.timer) ]]; then
+        old_timer=1
+        say "PERHATIAN: pulih-agent-snapshot.timer dari versi lama masih terpasang / NOTE: pulih-agent-snapshot.timer from an earlier version is still installed"
     fi
 fi
 
@@ -258,6 +274,7 @@ fi
 # --- next steps ----------------------------------------------------------------
 
 bin=$bin_target
+old_timer=${old_timer:-0}
 say ""
 if ((dry_run)); then
     say "Uji coba selesai, tidak ada yang diubah / Dry run finished, nothing was changed"
@@ -287,9 +304,22 @@ Langkah berikutnya di server utama (agen) / Next steps on the primary server (ag
   1. Daftarkan agen dengan token dari koordinator DR (menulis /etc/pulih/agent.toml) / Enroll with the token from the DR coordinator (writes /etc/pulih/agent.toml):
        $bin/pulih-agent enroll --controller <host>:7443 --token <token> --fingerprint <sidik jari / fingerprint> --name <nama-agen / agent-name>
   2. Tambahkan tabel [[dataset]] ke /etc/pulih/agent.toml (lihat agent.toml.example) / Add [[dataset]] tables to /etc/pulih/agent.toml (see agent.toml.example)
+     dengan schedule dan/atau continuous = true / with schedule and/or continuous = true
   3. Coba satu snapshot / Try one snapshot:
        $bin/pulih-agent snapshot --config /etc/pulih/agent.toml
-  4. Aktifkan jadwal 15 menit / Enable the 15-minute schedule:
-       systemctl enable --now pulih-agent-snapshot.timer
+  4. Jalankan layanan / Start the service:
+       systemctl enable --now pulih-agent
+  5. Periksa / Check:
+       $bin/pulih-agent status --config /etc/pulih/agent.toml
+       curl -s http://127.0.0.1:9464/metrics | grep pulih_agent_
+  Setelah mengubah agent.toml / After editing agent.toml: systemctl reload pulih-agent
 EOF
+    if ((old_timer)); then
+        cat <<EOF
+  Hentikan dan hapus timer lama (layanan menggantikannya) / Stop and remove the old timer (the service replaces it):
+       systemctl disable --now pulih-agent-snapshot.timer
+       rm /etc/systemd/system/pulih-agent-snapshot.timer /etc/systemd/system/pulih-agent-snapshot.service
+       systemctl daemon-reload
+EOF
+    fi
 fi

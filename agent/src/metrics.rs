@@ -288,6 +288,11 @@ fn serve_with(
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
+            // Non-blocking, so that a connection reset between poll and
+            // accept cannot park the thread past a stop request.
+            if let Err(e) = listener.set_nonblocking(true) {
+                tracing::warn!(error = %e, "metrics listener");
+            }
             while !stop.load(Ordering::Relaxed) {
                 let ready = {
                     let mut fds =
@@ -304,6 +309,7 @@ fn serve_with(
                             tracing::debug!(%peer, error = %e, "metrics request");
                         }
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "accepting a metrics connection");
                         // EMFILE and friends: do not spin.

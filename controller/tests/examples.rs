@@ -93,7 +93,9 @@ fn install_script_installs_under_a_staging_root_and_keeps_configs() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Skipping creation of user pulih because of --root"), "{stdout}");
     assert!(stdout.contains("pulih-controller init --data-dir /var/lib/pulih --name"), "{stdout}");
-    assert!(stdout.contains("systemctl enable --now pulih-agent-snapshot.timer"), "{stdout}");
+    assert!(stdout.contains("Skipping creation of user pulih-agent because of --root"), "{stdout}");
+    assert!(stdout.contains("systemctl enable --now pulih-agent\n"), "{stdout}");
+    assert!(!stdout.contains("pulih-agent-snapshot"), "{stdout}");
 
     let r = |p: &str| root.join(p.trim_start_matches('/'));
     for (path, want) in [
@@ -105,12 +107,11 @@ fn install_script_installs_under_a_staging_root_and_keeps_configs() {
         ("/var/lib/pulih", 0o700),
         ("/var/lib/pulih-agent", 0o700),
         ("/etc/systemd/system/pulih-controller.service", 0o644),
-        ("/etc/systemd/system/pulih-agent-snapshot.service", 0o644),
-        ("/etc/systemd/system/pulih-agent-snapshot.timer", 0o644),
+        ("/etc/systemd/system/pulih-agent.service", 0o644),
     ] {
         assert_eq!(mode(&r(path)), want, "mode of {path}: {:o}", mode(&r(path)));
     }
-    for unit in ["pulih-controller.service", "pulih-agent-snapshot.service", "pulih-agent-snapshot.timer"] {
+    for unit in ["pulih-controller.service", "pulih-agent.service"] {
         assert_eq!(
             std::fs::read(r(&format!("/etc/systemd/system/{unit}"))).unwrap(),
             std::fs::read(deploy(unit)).unwrap(),
@@ -143,4 +144,67 @@ fn install_script_installs_under_a_staging_root_and_keeps_configs() {
         std::fs::read(deploy("agent.toml.example")).unwrap()
     );
     assert_eq!(mode(&r("/var/lib/pulih-agent")), 0o700);
+    assert!(!r("/etc/systemd/system/pulih-agent-snapshot.timer").exists());
+
+    // An installation that still has the timer of earlier versions is told to remove it.
+    std::fs::write(r("/etc/systemd/system/pulih-agent-snapshot.timer"), "[Timer]\n").unwrap();
+    let out = install(&["--agent"], &root, &bin_dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("systemctl disable --now pulih-agent-snapshot.timer"), "{stdout}");
+}
+
+/// `systemd-analyze`, or None when it is missing and that is allowed
+/// (outside CI, unless PULIH_REQUIRE_SYSTEMD=1): `.ci/run` installs it.
+fn systemd_analyze() -> Option<Command> {
+    let present = Command::new("systemd-analyze").arg("--version").output().is_ok_and(|o| o.status.success());
+    let required = std::env::var_os("CI").is_some() || std::env::var("PULIH_REQUIRE_SYSTEMD").is_ok_and(|v| v == "1");
+    match (present, required) {
+        (true, _) => Some(Command::new("systemd-analyze")),
+        (false, true) => {
+            panic!("systemd-analyze is missing (apt-get install systemd); CI or PULIH_REQUIRE_SYSTEMD=1 requires it")
+        }
+        (false, false) => {
+            println!("skipped: systemd-analyze is missing (apt-get install systemd)");
+            None
+        }
+    }
+}
+
+/// A copy of `deploy/<unit>` in `dir` whose ExecStart= points at the built
+/// binary, since `systemd-analyze verify` checks that the program exists.
+fn unit_with_built_binary(unit: &str, dir: &Path) -> PathBuf {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_pulih-controller")).parent().unwrap();
+    let text = std::fs::read_to_string(deploy(unit)).unwrap();
+    assert!(text.contains("ExecStart=/usr/local/bin/"), "{unit}: ExecStart= is not in /usr/local/bin");
+    let path = dir.join(unit);
+    std::fs::write(&path, text.replace("/usr/local/bin/", &format!("{}/", bin_dir.display()))).unwrap();
+    path
+}
+
+/// The overall exposure `systemd-analyze security --offline=yes` gives `unit`.
+pub fn exposure(mut analyze: Command, unit: &Path) -> f64 {
+    let out = analyze.args(["security", "--offline=yes", "--no-pager"]).arg(unit).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure level for {}:\n{text}", unit.display()));
+    let after = line.rsplit_once(": ").unwrap().1;
+    after.split_whitespace().next().unwrap().parse().unwrap_or_else(|_| panic!("{line}"))
+}
+
+#[test]
+fn controller_unit_verifies_and_is_hardened() {
+    let Some(mut verify) = systemd_analyze() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let unit = unit_with_built_binary("pulih-controller.service", tmp.path());
+    let out = verify.arg("verify").arg(&unit).output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify {}:\n{}",
+        unit.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let level = exposure(systemd_analyze().unwrap(), &unit);
+    assert!(level <= 2.0, "pulih-controller.service exposure {level} > 2.0");
 }

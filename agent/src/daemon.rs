@@ -117,7 +117,7 @@ struct DsState {
 
 impl DsState {
     fn new(ds: Dataset, old: Option<DatasetStatus>) -> Self {
-        let mode = mode_text(&ds);
+        let mode = ds.mode();
         let mut status = old.unwrap_or_else(|| DatasetStatus { name: ds.name.to_string(), ..Default::default() });
         status.mode = mode;
         status.rpo_target_secs = ds.rpo_target.map(|d| d.as_secs());
@@ -170,21 +170,12 @@ impl DsState {
     }
 }
 
-fn mode_text(ds: &Dataset) -> String {
-    match (&ds.schedule, ds.continuous) {
-        (Some(s), true) => format!("continuous + {s}"),
-        (Some(s), false) => s.to_string(),
-        (None, true) => "continuous".into(),
-        (None, false) => "manual".into(),
-    }
-}
-
 /// What the controller is told about a dataset.
 pub fn report_of(ds: &Dataset) -> DatasetReport {
     DatasetReport {
         name: ds.name.to_string(),
         rpo_target_secs: ds.rpo_target.map_or(0, |d| d.as_secs().max(1)),
-        schedule: mode_text(ds),
+        schedule: ds.mode(),
     }
 }
 
@@ -259,7 +250,7 @@ pub fn run(config_path: &Path) -> Result<()> {
 }
 
 fn status_path(settings: &Settings) -> PathBuf {
-    settings.state_dir.join("status.json")
+    settings.state_dir.join(crate::status::FILE_NAME)
 }
 
 fn spawn_signal_thread(tx: Sender<Msg>) -> Result<()> {
@@ -317,6 +308,7 @@ impl Daemon {
         // one finishes, its result is only logged.
         for (name, _) in old_states {
             info!(dataset = %name, "dataset removed from the configuration");
+            self.metrics.forget_dataset(&name);
         }
         self.publish();
     }

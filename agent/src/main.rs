@@ -104,6 +104,9 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Reading the local UTC offset is only possible while the process has
+    // one thread; the value is kept for the life of the process.
+    pulih_agent::config::local_offset();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -178,7 +181,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Cmd::Run { config } => daemon::run(&config)?,
         Cmd::Status { config, lang, json } => {
             let settings = Settings::load(&config)?;
-            let path = settings.state_dir.join("status.json");
+            let path = settings.state_dir.join(pulih_agent::status::FILE_NAME);
             let lang = Lang::detect(lang.as_deref());
             let file = match StatusFile::load(&path) {
                 Ok(f) => f,
@@ -190,7 +193,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     bail!("{msg} [{}: {e:#}]", path.display());
                 }
             };
-            let alive = pid_alive(file.pid);
+            let alive = pulih_agent::status::pid_alive(file.pid);
             if json {
                 out!("{}", serde_json::to_string_pretty(&file)?);
             } else {
@@ -209,11 +212,4 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// Whether a process with this pid exists.
-fn pid_alive(pid: u32) -> bool {
-    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else { return false };
-    // EPERM means it exists but belongs to someone else.
-    !matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH))
 }

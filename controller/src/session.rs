@@ -19,7 +19,7 @@ use pulih_core::tree::Tree;
 use pulih_core::{ChunkId, SnapshotId, TreeId};
 use tracing::{debug, info, warn};
 
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{now_secs, Catalog, CatalogError};
 use crate::store::{BlobRef, Store, StoreError};
 
 /// Default: checkpoint after this many bytes written since the last one.
@@ -82,6 +82,16 @@ pub struct UploadSession {
     /// agency already stores a given content (F16).
     bytes_new: u64,
     blobs_new: u64,
+    /// Stored blobs this session relied on since its last checkpoint; their
+    /// `touched_at` is written at the checkpoint (see crate::gc).
+    touched: HashSet<BlobRef>,
+    /// Staged blobs that were already stored, so not written again.
+    unwritten: HashSet<BlobRef>,
+    /// When the session first relied on a stored blob since its last
+    /// commit (Unix seconds).
+    first_touch: Option<i64>,
+    /// Damaged blobs replaced by a verified copy since the last checkpoint.
+    repairs: Vec<BlobRef>,
 }
 
 impl UploadSession {
@@ -96,7 +106,17 @@ impl UploadSession {
             stored_new: 0,
             bytes_new: 0,
             blobs_new: 0,
+            touched: HashSet::new(),
+            unwritten: HashSet::new(),
+            first_touch: None,
+            repairs: Vec::new(),
         }
+    }
+
+    /// Notes that the session relies on a stored blob.
+    fn rely(&mut self, blob: BlobRef) {
+        self.first_touch.get_or_insert_with(now_secs);
+        self.touched.insert(blob);
     }
 
     fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
@@ -110,25 +130,35 @@ impl UploadSession {
     }
 
     /// The chunks of `ids` this agent has not stored (answer to has-chunks).
-    pub fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, SessionError> {
-        let cat = self.catalog();
+    /// A chunk recorded as damaged counts as missing, so the agent resends
+    /// it and the stored copy is repaired (F15, F22).
+    pub fn missing(&mut self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, SessionError> {
         let mut out = Vec::new();
-        for id in ids {
-            let blob = BlobRef::chunk(id);
-            let have = self.received.contains(&blob)
-                || (cat.agent_has(self.agent_id, &blob)? && {
-                    // Never let an agent deduplicate against a file that is
-                    // gone (F7, F15): forget it and ask for it again.
-                    let present = self.backend.store.present(&blob)?;
-                    if !present {
-                        warn!(blob = %blob.hex(), "recorded chunk is missing from the store; asking for it again");
-                        cat.forget_blob(&blob)?;
-                    }
-                    present
-                });
-            if !have {
-                out.push(*id);
+        let mut relied = Vec::new();
+        {
+            let cat = self.catalog();
+            for id in ids {
+                let blob = BlobRef::chunk(id);
+                let have = self.received.contains(&blob)
+                    || (cat.agent_has(self.agent_id, &blob)? && !cat.blob_damaged(&blob)? && {
+                        // Never let an agent deduplicate against a file that is
+                        // gone (F7, F15): forget it and ask for it again.
+                        let present = self.backend.store.present(&blob)?;
+                        if !present {
+                            warn!(blob = %blob.hex(), "recorded chunk is missing from the store; asking for it again");
+                            cat.forget_blob(&blob)?;
+                        } else {
+                            relied.push(blob);
+                        }
+                        present
+                    });
+                if !have {
+                    out.push(*id);
+                }
             }
+        }
+        for b in relied {
+            self.rely(b);
         }
         Ok(out)
     }
@@ -154,6 +184,7 @@ impl UploadSession {
         let tree = Tree::decode(&plain)
             .map_err(|e| SessionError::new(ErrorCode::Integrity, format!("tree {}: {e}", id.to_hex())))?;
         let (chunks, trees) = tree.references();
+        let mut relied = Vec::new();
         {
             let cat = self.catalog();
             let refs = chunks.iter().map(BlobRef::chunk).chain(trees.iter().map(BlobRef::tree));
@@ -163,10 +194,15 @@ impl UploadSession {
             for r in refs {
                 let absent = if self.received.contains(&r) {
                     false
+                } else if cat.blob_damaged(&r)? {
+                    // Asking for it again repairs it (or, for a tree the
+                    // agent cannot rebuild, keeps it out of new snapshots).
+                    true
                 } else if cat.agent_has(self.agent_id, &r)? {
                     // Deduplicated against an earlier upload: make sure it
                     // is still there before trusting it (F15).
                     if self.backend.store.present(&r)? {
+                        relied.push(r);
                         false
                     } else {
                         warn!(blob = %r.hex(), kind = r.kind.name(), "recorded blob is missing from the store; forgetting it so it is uploaded again");
@@ -193,6 +229,9 @@ impl UploadSession {
                 ));
             }
         }
+        for r in relied {
+            self.rely(r);
+        }
         self.stage(BlobRef::tree(&id), raw_len.into(), &data)
     }
 
@@ -200,14 +239,25 @@ impl UploadSession {
         if self.received.contains(&blob) {
             return Ok(());
         }
-        let (durable, owned) = {
+        let (durable, owned, damaged) = {
             let cat = self.catalog();
-            (cat.blob_durable(&blob)?, cat.agent_has(self.agent_id, &blob)?)
+            (cat.blob_durable(&blob)?, cat.agent_has(self.agent_id, &blob)?, cat.blob_damaged(&blob)?)
         };
         if !durable {
             self.backend.store.put_unsynced(&blob, data)?;
             self.stored_new += data.len() as u64;
             self.pending_bytes += data.len() as u64;
+        } else if damaged {
+            // Self-healing: a verified copy replaces the damaged file
+            // (temp + rename now, synced at the checkpoint that marks it
+            // repaired).
+            self.backend.store.put_unsynced(&blob, data)?;
+            self.pending_bytes += data.len() as u64;
+            self.repairs.push(blob);
+            info!(agent = %self.agent, blob = %blob.hex(), kind = blob.kind.name(), "damaged blob replaced by a verified copy");
+        } else {
+            self.first_touch.get_or_insert_with(now_secs);
+            self.unwritten.insert(blob);
         }
         if !owned {
             self.bytes_new += data.len() as u64;
@@ -221,24 +271,56 @@ impl UploadSession {
         Ok(())
     }
 
-    /// Syncs the store and records everything staged so far (F1, F2).
+    /// Syncs the store and records everything staged so far (F1, F2),
+    /// with the touches of the blobs relied on (see crate::gc). Fails with
+    /// a retryable error if garbage collection removed one of those since
+    /// it was checked.
     pub fn checkpoint(&mut self) -> Result<(), SessionError> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.touched.is_empty() {
             return Ok(());
         }
         if self.pending_bytes > 0 {
             self.backend.store.sync()?;
         }
-        {
+        let gone = {
             let mut cat = self.catalog();
-            let tx = cat.transaction()?;
-            Catalog::record_blobs(&tx, self.agent_id, &self.pending)?;
+            let tx = cat.immediate()?;
+            // Blobs staged without being written must still exist before
+            // their ownership is recorded: touch them first.
+            let now = now_secs();
+            let gone = Catalog::touch_blobs(&tx, self.unwritten.iter().chain(&self.touched), now)?;
+            let gone_set: HashSet<BlobRef> = gone.iter().copied().collect();
+            let keep: Vec<(BlobRef, u64, u64)> =
+                self.pending.iter().filter(|p| !gone_set.contains(&p.0)).copied().collect();
+            Catalog::record_blobs(&tx, self.agent_id, &keep)?;
+            for r in &self.repairs {
+                Catalog::mark_repaired(&tx, r)?;
+            }
             tx.commit().map_err(CatalogError::from)?;
-        }
+            if !self.repairs.is_empty() {
+                let ok = crate::scrub::refresh_damaged_snapshots(&self.backend.store, &mut cat)?;
+                info!(agent = %self.agent, repaired = self.repairs.len(), snapshots_ok_again = ok, "damaged blobs repaired");
+            }
+            gone
+        };
         debug!(agent = %self.agent, blobs = self.pending.len(), bytes = self.pending_bytes, "checkpoint");
         self.pending.clear();
         self.received.clear();
+        self.touched.clear();
+        self.unwritten.clear();
+        self.repairs.clear();
         self.pending_bytes = 0;
+        if let Some(first) = gone.first() {
+            return Err(SessionError::new(
+                ErrorCode::MissingReference,
+                format!(
+                    "{} stored blob(s) this upload relies on were removed by garbage collection meanwhile, first {} {}; retry to send them again",
+                    gone.len(),
+                    first.kind.name(),
+                    first.hex()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -269,16 +351,46 @@ impl UploadSession {
                 format!("root tree {} of the snapshot is not stored for this agent", record.root.short()),
             ));
         }
+        if !self.received.contains(&root) {
+            self.rely(root);
+        }
         self.checkpoint()?;
         let (id, encoded) = record.encode();
         self.backend.store.put_snapshot(&id, &encoded)?;
         let (bytes_new, blobs_new) = (self.bytes_new, self.blobs_new);
         {
-            let mut cat = self.catalog();
-            let tx = cat.transaction()?;
+            let backend = self.backend.clone();
+            let mut cat = backend.catalog.lock().unwrap_or_else(|e| e.into_inner());
+            let tx = cat.immediate()?;
+            // A GC run whose cutoff is later than what this session first
+            // relied on may have removed part of the closure (a writer
+            // stalled longer than the grace period, F14): re-check it all
+            // under the write lock, and refuse rather than commit a hole.
+            if let Some(first) = self.first_touch {
+                if Catalog::gc_may_have_swept(&tx, first)? {
+                    let missing = crate::gc::verify_closure(&tx, &self.backend.store, &record.root, now_secs())
+                        .map_err(|e| SessionError::new(ErrorCode::Storage, e.to_string()))?;
+                    if let Some(m) = missing.first() {
+                        Catalog::forget_blobs(&tx, &missing)?;
+                        tx.commit().map_err(CatalogError::from)?;
+                        self.first_touch = None;
+                        warn!(agent = %self.agent, missing = missing.len(), "commit refused: garbage collection removed blobs while the upload stalled");
+                        return Err(SessionError::new(
+                            ErrorCode::MissingReference,
+                            format!(
+                                "garbage collection removed {} blob(s) this snapshot needs while the upload was stalled, first {} {}; retry",
+                                missing.len(),
+                                m.kind.name(),
+                                m.hex()
+                            ),
+                        ));
+                    }
+                }
+            }
             Catalog::insert_snapshot(&tx, self.agent_id, &id, &record, &encoded, self.stored_new)?;
             tx.commit().map_err(CatalogError::from)?;
         }
+        self.first_touch = None;
         info!(agent = %self.agent, dataset = %record.dataset, snapshot = %id.short(), files = record.stats.files, stored_new = self.stored_new, "snapshot committed");
         self.stored_new = 0;
         self.bytes_new = 0;

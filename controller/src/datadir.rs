@@ -114,7 +114,11 @@ impl DataDir {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-            anyhow::anyhow!("another garbage collection is running in {} (lock {})", self.root.display(), path.display())
+            anyhow::anyhow!(
+                "another garbage collection is running in {} (lock {})",
+                self.root.display(),
+                path.display()
+            )
         })?;
         Ok(f)
     }

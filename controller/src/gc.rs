@@ -194,7 +194,11 @@ impl Mark<'_> {
             let tree = match reader::load_tree(self.store, &TreeId::from_bytes(id)) {
                 Ok(t) => t,
                 Err(e) if e.is_damage() => {
-                    return Err(GcError::Unreadable { tree: hex::encode(id), from: from.to_owned(), reason: e.to_string() })
+                    return Err(GcError::Unreadable {
+                        tree: hex::encode(id),
+                        from: from.to_owned(),
+                        reason: e.to_string(),
+                    })
                 }
                 Err(e) => return Err(GcError::Read(e)),
             };
@@ -283,9 +287,11 @@ fn run_inner(
     let roots = cat.snapshot_roots()?;
     report.snapshots = roots.len() as u64;
     for (snap, root) in &roots {
-        let id: TreeId = root
-            .parse()
-            .map_err(|_| GcError::Unreadable { tree: root.clone(), from: snap.clone(), reason: "bad id".into() })?;
+        let id: TreeId = root.parse().map_err(|_| GcError::Unreadable {
+            tree: root.clone(),
+            from: snap.clone(),
+            reason: "bad id".into(),
+        })?;
         mark.tree(*id.as_bytes(), &format!("snapshot {snap}"))?;
     }
     report.reachable_trees = mark.trees.len() as u64;
@@ -381,8 +387,7 @@ pub fn verify_closure(
     let mut found = Vec::new();
     let mut stack = vec![*root];
     let here = |b: &BlobRef| -> Result<bool, GcError> {
-        Ok(Catalog::blob_row(tx, b)?
-            && store.present(b).map_err(|e| GcError::Read(ReadError::Store(e)))?)
+        Ok(Catalog::blob_row(tx, b)? && store.present(b).map_err(|e| GcError::Read(ReadError::Store(e)))?)
     };
     while let Some(t) = stack.pop() {
         if !seen_trees.insert(*t.as_bytes()) {
@@ -503,6 +508,23 @@ fn sweep(store: &Store, cat: &mut Catalog, todo: &[(BlobRef, u64)], cutoff: i64)
     Ok((moved.len() as u64, bytes))
 }
 
+/// Helpers shared by the lifecycle tests of other modules.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// Deterministic pseudo-random bytes.
+    pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).max(1);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,8 +535,7 @@ mod tests {
         store.put_unsynced(&blob, frame).unwrap();
         let tx = cat.transaction().unwrap();
         Catalog::record_blobs(&tx, 1, &[(blob, 1, frame.len() as u64)]).unwrap();
-        tx.execute("UPDATE blobs SET touched_at = ?1 WHERE id = ?2", rusqlite::params![touched, &blob.id[..]])
-            .unwrap();
+        tx.execute("UPDATE blobs SET touched_at = ?1 WHERE id = ?2", rusqlite::params![touched, &blob.id[..]]).unwrap();
         tx.commit().unwrap();
     }
 

@@ -104,7 +104,14 @@ pub fn scrub(
         Ok(()) => ("damage", Some(format!("{} damaged blob(s)", report.damage.len()))),
         Err(e) => ("failed", Some(e.to_string())),
     };
-    cat.scrub_end(run, outcome, report.blobs_checked, report.bytes_checked, report.damage.len() as u64, detail.as_deref())?;
+    cat.scrub_end(
+        run,
+        outcome,
+        report.blobs_checked,
+        report.bytes_checked,
+        report.damage.len() as u64,
+        detail.as_deref(),
+    )?;
     res.map(|()| report)
 }
 
@@ -279,6 +286,62 @@ impl<'a> Reach<'a> {
         out.sort();
         out.dedup();
         out
+    }
+}
+
+/// The scrub scheduled inside `serve`: runs every `interval_secs` after the
+/// end of the previous run (the first one `interval_secs` after the catalog
+/// was created), at `rate` bytes per second, until `stop` is set. Uses its
+/// own store handle and catalog connection; errors are logged and the next
+/// run is tried one interval later.
+pub fn run_scheduled(
+    store_root: &std::path::Path,
+    catalog_path: &std::path::Path,
+    interval_secs: i64,
+    rate: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering;
+    let stopped = || stop.load(Ordering::Relaxed);
+    while !stopped() {
+        let due = (|| -> Result<i64, CatalogError> {
+            let cat = Catalog::open(catalog_path)?;
+            let last = cat.scrub_runs(1)?.first().map(|r| r.finished_at.unwrap_or(r.started_at));
+            let created = cat.meta("created_at")?.and_then(|v| v.parse().ok()).unwrap_or_else(crate::catalog::now_secs);
+            Ok(last.unwrap_or(created) + interval_secs)
+        })()
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "scheduled scrub: cannot read the catalog; trying again later");
+            crate::catalog::now_secs() + interval_secs.min(3600)
+        });
+        while !stopped() && crate::catalog::now_secs() < due {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        if stopped() {
+            break;
+        }
+        info!("scheduled scrub starting");
+        let res = Store::open(store_root)
+            .map_err(ScrubError::from)
+            .and_then(|store| Ok((store, Catalog::open(catalog_path)?)))
+            .and_then(|(store, mut cat)| scrub(&store, &mut cat, Some(rate), &stopped));
+        match res {
+            Ok(r) if r.damage.is_empty() => {}
+            Ok(r) => {
+                warn!(damaged = r.damage.len(), snapshots = r.damaged_snapshots.len(), "scheduled scrub found damage")
+            }
+            Err(ScrubError::Cancelled) => break,
+            Err(e) => {
+                warn!(error = %e, "scheduled scrub failed");
+                // Avoid a tight loop when the failure is immediate.
+                for _ in 0..60 {
+                    if stopped() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
     }
 }
 

@@ -423,3 +423,199 @@ mod tests {
         assert!(full.message.contains("disk is full"), "{}", full.message);
     }
 }
+
+/// Library-level tests of the storage lifecycle through a real session:
+/// self-healing (F22) and GC races (F14).
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+    use crate::store::BlobKind;
+    use pulih_core::snapshot::SnapshotStats;
+    use pulih_core::tls::{CertInfo, Fingerprint};
+    use pulih_core::tree::{Entry, EntryName, Node, Segment, Tree};
+    use pulih_core::{AgentName, DatasetName};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        backend: Arc<Backend>,
+        cat_path: std::path::PathBuf,
+        agent_id: i64,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("store")).unwrap();
+        let cat_path = dir.path().join("catalog.db");
+        let mut cat = Catalog::create(&cat_path, "drc").unwrap();
+        let name = AgentName::new("web").unwrap();
+        cat.add_token("h", &name, 3600).unwrap();
+        let cert = CertInfo { common_name: "web".into(), serial: "01".into(), not_before: 0, not_after: i64::MAX / 2 };
+        cat.complete_enrollment("h", &name, &Fingerprint::of(b"c"), &cert).unwrap();
+        let agent_id = cat.agents().unwrap()[0].id;
+        let backend = crate::server::open_backend(store, cat, 1 << 20);
+        Fixture { _dir: dir, backend, cat_path, agent_id }
+    }
+
+    fn session(f: &Fixture) -> UploadSession {
+        UploadSession::new(f.backend.clone(), f.agent_id, "web".into())
+    }
+
+    fn file(name: &str, chunk: ChunkId, len: u32) -> Entry {
+        Entry {
+            name: EntryName::new(name).unwrap(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            node: Node::File {
+                size: len.into(),
+                link_group: None,
+                flags: 0,
+                segments: vec![Segment::Data { id: chunk, len }],
+            },
+        }
+    }
+
+    fn dir(name: &str, tree: TreeId) -> Entry {
+        Entry {
+            name: EntryName::new(name).unwrap(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            node: Node::Dir { tree },
+        }
+    }
+
+    fn put_tree(s: &mut UploadSession, entries: Vec<Entry>) -> TreeId {
+        let (id, plain) = Tree::new(entries).unwrap().encode();
+        s.put_tree(id, plain.len() as u32, pulih_core::codec::compress(&plain, 3)).unwrap();
+        id
+    }
+
+    fn put_chunk(s: &mut UploadSession, data: &[u8]) -> ChunkId {
+        let id = ChunkId::of(data);
+        s.put_chunk(id, data.len() as u32, pulih_core::codec::compress(data, 3)).unwrap();
+        id
+    }
+
+    fn record(root: TreeId, t: i64) -> Vec<u8> {
+        SnapshotRecord {
+            agent: AgentName::new("web").unwrap(),
+            dataset: DatasetName::new("www").unwrap(),
+            host: "h".into(),
+            paths: vec![],
+            started_ns: t,
+            finished_ns: t,
+            root,
+            parent: None,
+            chunker_version: CHUNKER_VERSION,
+            stats: SnapshotStats::default(),
+            errors_total: 0,
+            errors: vec![],
+        }
+        .encode()
+        .1
+    }
+
+    fn flip(store: &Store, b: &BlobRef) {
+        let p = store.blob_path(b);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x40;
+        std::fs::write(&p, bytes).unwrap();
+    }
+
+    fn state(cat: &Catalog, id: &str) -> String {
+        cat.snapshots(None, None).unwrap().into_iter().find(|s| s.id == id).unwrap().state
+    }
+
+    /// F22: a flipped byte in a stored chunk is found by scrub, the
+    /// snapshot is marked damaged, the owning agent is asked for it, and a
+    /// verified copy received by a session repairs it: damaged -> repaired,
+    /// snapshot ok again. A damaged tree is lost and its snapshot stays damaged.
+    #[test]
+    fn f22_scrub_finds_a_flipped_byte_and_a_resent_chunk_repairs_it() {
+        let f = fixture();
+        let data = crate::gc::tests_support::bytes(7, 100_000);
+        let mut s = session(&f);
+        let c = put_chunk(&mut s, &data);
+        let root = put_tree(&mut s, vec![file("a", c, data.len() as u32)]);
+        let (sid, _, _) = s.commit(&record(root, 1)).unwrap();
+        let sid = sid.to_hex();
+        flip(&f.backend.store, &BlobRef::chunk(&c));
+
+        let mut cat = Catalog::open(&f.cat_path).unwrap();
+        let r = crate::scrub::scrub(&f.backend.store, &mut cat, None, &|| false).unwrap();
+        assert_eq!(r.damage.len(), 1, "{r:?}");
+        assert_eq!((r.damage[0].id.as_str(), r.damage[0].state), (c.to_hex().as_str(), "damaged"));
+        assert_eq!(r.damage[0].snapshots, vec![sid.clone()]);
+        assert_eq!(state(&cat, &sid), "damaged");
+        assert_eq!(cat.repair_wanted(f.agent_id).unwrap(), vec![c]);
+
+        // The agent's next contact: the chunk counts as missing; resending repairs it.
+        let mut s = session(&f);
+        assert_eq!(s.missing(&[c]).unwrap(), vec![c]);
+        put_chunk(&mut s, &data);
+        s.checkpoint().unwrap();
+        assert!(crate::reader::load_chunk(&f.backend.store, &c, data.len() as u32).is_ok());
+        let d = cat.damage().unwrap();
+        assert_eq!((d[0].state.as_str(), d[0].repaired_at.is_some()), ("repaired", true));
+        assert_eq!(state(&cat, &sid), "ok");
+        assert!(cat.repair_wanted(f.agent_id).unwrap().is_empty());
+        let r = crate::scrub::scrub(&f.backend.store, &mut cat, None, &|| false).unwrap();
+        assert!(r.damage.is_empty(), "{r:?}");
+
+        // A damaged tree cannot be asked for: lost, snapshot stays damaged.
+        flip(&f.backend.store, &BlobRef::tree(&root));
+        let r = crate::scrub::scrub(&f.backend.store, &mut cat, None, &|| false).unwrap();
+        assert_eq!((r.damage[0].kind, r.damage[0].state), ("tree", "lost"));
+        assert_eq!(r.damaged_snapshots, vec![sid.clone()]);
+        assert!(cat.repair_wanted(f.agent_id).unwrap().is_empty());
+        assert_eq!(crate::scrub::refresh_damaged_snapshots(&f.backend.store, &mut cat).unwrap(), 0);
+        assert_eq!(state(&cat, &sid), "damaged");
+    }
+
+    /// F14: a writer that stalled longer than the grace period while GC
+    /// removed part of its snapshot's closure cannot commit; the blobs are
+    /// forgotten so the retry sends them again.
+    #[test]
+    fn f14_stalled_writer_cannot_commit_after_gc_removed_its_blobs() {
+        let f = fixture();
+        let mut s = session(&f);
+        let c = put_chunk(&mut s, b"deep chunk content");
+        let sub = put_tree(&mut s, vec![file("x", c, 18)]);
+        s.checkpoint().unwrap();
+        let root = put_tree(&mut s, vec![dir("sub", sub)]);
+        s.checkpoint().unwrap();
+        // The writer stalls for a long time; a GC run (cutoff later than
+        // what the writer relied on) removes the deep chunk meanwhile.
+        let long_ago = now_secs() - 10 * 86_400;
+        s.first_touch = Some(long_ago);
+        {
+            let cat = Catalog::open(&f.cat_path).unwrap();
+            let run = cat.gc_begin(now_secs(), now_secs() - 3600).unwrap();
+            let mut cat = cat;
+            let tx = cat.transaction().unwrap();
+            Catalog::forget_blobs(&tx, &[BlobRef::chunk(&c)]).unwrap();
+            tx.commit().unwrap();
+            std::fs::remove_file(f.backend.store.blob_path(&BlobRef::chunk(&c))).unwrap();
+            cat.gc_end(run, true, 0, 1, 0, None).unwrap();
+        }
+        let err = s.commit(&record(root, 2)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MissingReference, "{err}");
+        assert!(err.message.contains("garbage collection"), "{err}");
+        let cat = Catalog::open(&f.cat_path).unwrap();
+        assert!(cat.snapshots(None, None).unwrap().is_empty());
+
+        // Without an overlapping GC the same shape commits.
+        let mut s = session(&f);
+        let c = put_chunk(&mut s, b"deep chunk content");
+        assert_eq!(c.to_hex(), ChunkId::of(b"deep chunk content").to_hex());
+        put_tree(&mut s, vec![file("x", c, 18)]);
+        let root = put_tree(&mut s, vec![dir("sub", sub)]);
+        s.commit(&record(root, 3)).unwrap();
+        assert_eq!(cat.snapshots(None, None).unwrap().len(), 1);
+        let _ = BlobKind::Chunk;
+    }
+}

@@ -220,6 +220,15 @@ impl Catalog {
         Ok(n == 1)
     }
 
+    /// Fingerprints of an agent's certificates.
+    pub fn agent_certificates(&self, name: &str) -> Result<Vec<String>, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT c.fingerprint FROM certificates c JOIN agents a ON a.id = c.agent_id WHERE a.name = ?1")?;
+        let rows = st.query_map([name], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     // --- snapshots ------------------------------------------------------------
 
     /// Removes snapshot rows (the blobs they reached stay until GC).
@@ -412,5 +421,83 @@ impl Catalog {
         let missing = exists && !present();
         tx.commit()?;
         Ok(missing)
+    }
+
+    // --- rebuilding a lost catalog (crate::rebuild) ------------------------------
+
+    /// Adds an agent if it is not there; returns its id.
+    pub fn restore_agent(&self, name: &str) -> Result<i64, CatalogError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO agents (name, status, created_at) VALUES (?1, 'active', ?2)",
+            params![name, now_secs()],
+        )?;
+        Ok(self.conn.query_row("SELECT id FROM agents WHERE name = ?1", [name], |r| r.get(0))?)
+    }
+
+    /// Restores an issued certificate, revoked or not.
+    pub fn restore_certificate(
+        &self,
+        fingerprint: &str,
+        agent_id: i64,
+        info: &pulih_core::tls::CertInfo,
+        issued_at: i64,
+        revoked_at: Option<i64>,
+    ) -> Result<(), CatalogError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO certificates (fingerprint, agent_id, serial, not_before, not_after, issued_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![fingerprint, agent_id, info.serial, info.not_before, info.not_after, issued_at, revoked_at],
+        )?;
+        Ok(())
+    }
+
+    /// Marks revoked every agent whose certificates are all revoked.
+    pub fn restore_agent_states(&self) -> Result<usize, CatalogError> {
+        Ok(self.conn.execute(
+            "UPDATE agents SET status = 'revoked', revoked_at = ?1
+             WHERE EXISTS (SELECT 1 FROM certificates c WHERE c.agent_id = agents.id)
+               AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.agent_id = agents.id AND c.revoked_at IS NULL)",
+            [now_secs()],
+        )?)
+    }
+
+    /// Restores a blob row found in the store.
+    pub fn restore_blob(
+        tx: &Transaction<'_>,
+        blob: &BlobRef,
+        raw_len: u64,
+        stored_len: u64,
+        stored_at: i64,
+        touched_at: i64,
+    ) -> Result<(), CatalogError> {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO blobs (kind, id, raw_len, stored_len, stored_at, touched_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![blob.kind.code(), &blob.id[..], raw_len as i64, stored_len as i64, stored_at, touched_at])?;
+        Ok(())
+    }
+
+    /// Restores an agent's ownership of a blob that has a row.
+    pub fn restore_owner(tx: &Transaction<'_>, agent_id: i64, blob: &BlobRef) -> Result<bool, CatalogError> {
+        if !Self::blob_row(tx, blob)? {
+            return Ok(false);
+        }
+        tx.prepare_cached("INSERT OR IGNORE INTO agent_blobs (agent_id, kind, id) VALUES (?1, ?2, ?3)")?
+            .execute(params![agent_id, blob.kind.code(), &blob.id[..]])?;
+        Ok(true)
+    }
+
+    /// A `meta` value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, CatalogError> {
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    /// Sets a `meta` value.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), CatalogError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
     }
 }

@@ -623,7 +623,7 @@ fn run_gc(
     };
     let _lock = dd.lock_for_gc()?;
     let store = dd.store()?;
-    let mut cat = dd.catalog()?;
+    let mut cat = dd.catalog().context("garbage collection did not start (nothing changed)")?;
     let report = gc::collect(&store, &mut cat, &gc::GcOptions { grace_secs, dry_run }).map_err(|e| {
         if e.is_disk_full() {
             anyhow::anyhow!("garbage collection stopped, the disk is full; nothing was lost (store and catalog are consistent): {e}")

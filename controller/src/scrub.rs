@@ -345,6 +345,17 @@ pub fn run_scheduled(
     }
 }
 
+/// The damaged or lost blobs (hex) the closure of `root` reaches, given the
+/// set `bad` (an unreadable tree counts too). Empty when intact.
+pub fn damaged_reached(store: &Store, bad: &HashSet<BlobRef>, root: &TreeId) -> Vec<String> {
+    let mut walk = Reach::new(store, bad);
+    if walk.reaches(root) {
+        walk.which(root)
+    } else {
+        Vec::new()
+    }
+}
+
 /// Marks `ok` again every snapshot marked damaged that no longer reaches a
 /// damaged or lost blob (after a repair). Returns how many.
 pub fn refresh_damaged_snapshots(store: &Store, cat: &mut Catalog) -> Result<usize, CatalogError> {

@@ -361,6 +361,24 @@ impl UploadSession {
         {
             let backend = self.backend.clone();
             let mut cat = backend.catalog.lock().unwrap_or_else(|e| e.into_inner());
+            // Never commit a snapshot that reaches a blob scrub found
+            // damaged (the agent reused it from its change cache): refuse,
+            // so the agent retries without its cache, sends the content
+            // again and so repairs it (F15, F22).
+            let bad = cat.damaged_blobs()?;
+            if !bad.is_empty() {
+                let hit = crate::scrub::damaged_reached(&self.backend.store, &bad, &record.root);
+                if let Some(first) = hit.first() {
+                    self.first_touch = None;
+                    return Err(SessionError::new(
+                        ErrorCode::MissingReference,
+                        format!(
+                            "the snapshot reaches {} blob(s) found damaged at the controller, first {first}; send them again",
+                            hit.len()
+                        ),
+                    ));
+                }
+            }
             let tx = cat.immediate()?;
             // A GC run whose cutoff is later than what this session first
             // relied on may have removed part of the closure (a writer

@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::units;
+
 /// Parsed configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -14,6 +16,46 @@ pub struct ControllerConfig {
     pub limits: LimitsSection,
     #[serde(default)]
     pub enroll: EnrollSection,
+    /// `[[retention]]` tables; the first that matches a dataset applies.
+    #[serde(default)]
+    pub retention: Vec<crate::retention::RetentionRule>,
+    #[serde(default)]
+    pub gc: GcSection,
+    #[serde(default)]
+    pub scrub: ScrubSection,
+}
+
+/// `[gc]`: garbage collection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcSection {
+    /// Duration (e.g. "24h") a blob is kept after an upload last relied on
+    /// it, so an interrupted upload can resume from its checkpoints.
+    pub grace: String,
+}
+
+impl Default for GcSection {
+    fn default() -> Self {
+        Self { grace: "24h".into() }
+    }
+}
+
+/// `[scrub]`: scheduled re-reading of every stored blob inside `serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrubSection {
+    /// Whether `serve` scrubs on its own.
+    pub enabled: bool,
+    /// Duration between the end of one scrub and the start of the next.
+    pub interval: String,
+    /// Bytes per second read at most (e.g. "50MiB").
+    pub rate: String,
+}
+
+impl Default for ScrubSection {
+    fn default() -> Self {
+        Self { enabled: true, interval: "7d".into(), rate: "50MiB".into() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -23,6 +65,14 @@ pub struct ControllerSection {
     pub name: String,
     /// Address the agent listener binds, IP:PORT.
     pub listen: String,
+    /// Local time zone as a UTC offset ("+07:00", WIB): calendar periods
+    /// of retention (days, weeks, ...) follow it.
+    #[serde(default = "default_utc_offset")]
+    pub utc_offset: String,
+}
+
+fn default_utc_offset() -> String {
+    "+07:00".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +120,24 @@ impl ControllerConfig {
         Ok(cfg)
     }
 
+    /// The UTC offset of calendar periods (validated).
+    pub fn utc_offset(&self) -> time::UtcOffset {
+        units::parse_offset(&self.controller.utc_offset).unwrap_or(time::UtcOffset::UTC)
+    }
+
+    /// GC grace period in seconds (validated).
+    pub fn gc_grace_secs(&self) -> i64 {
+        units::parse_duration(&self.gc.grace).unwrap_or(crate::gc::DEFAULT_GRACE_SECS)
+    }
+
+    /// `(interval seconds, bytes per second)` of the scheduled scrub (validated).
+    pub fn scrub_schedule(&self) -> (i64, u64) {
+        (
+            units::parse_duration(&self.scrub.interval).unwrap_or(7 * 86_400),
+            units::parse_size(&self.scrub.rate).unwrap_or(50 << 20),
+        )
+    }
+
     /// Every problem at once.
     pub fn validate(&self) -> Result<()> {
         let mut problems = Vec::new();
@@ -91,6 +159,28 @@ impl ControllerConfig {
         if self.enroll.token_ttl_hours == 0 {
             problems.push("enroll.token_ttl_hours must be at least 1".into());
         }
+        if let Err(e) = units::parse_offset(&self.controller.utc_offset) {
+            problems.push(format!("controller.utc_offset: {e}"));
+        }
+        for (i, r) in self.retention.iter().enumerate() {
+            if r.agent.is_empty() || r.dataset.is_empty() {
+                problems.push(format!("retention #{}: agent and dataset must be names or \"*\"", i + 1));
+            }
+            if let Err(e) = r.policy() {
+                problems.push(format!("retention #{} keep_within: {e}", i + 1));
+            }
+        }
+        if let Err(e) = units::parse_duration(&self.gc.grace) {
+            problems.push(format!("gc.grace: {e}"));
+        }
+        match units::parse_duration(&self.scrub.interval) {
+            Ok(0) => problems.push("scrub.interval must be longer than 0s".into()),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("scrub.interval: {e}")),
+        }
+        if let Err(e) = units::parse_size(&self.scrub.rate) {
+            problems.push(format!("scrub.rate: {e}"));
+        }
         if !problems.is_empty() {
             bail!("{}", problems.join("; "));
         }
@@ -109,6 +199,9 @@ pub fn template(name: &str, listen: &str) -> String {
 name = "{name}"
 # Alamat dan port untuk agen (IP:PORT) / address and port agents connect to.
 listen = "{listen}"
+# Zona waktu setempat (selisih UTC) untuk periode kalender retensi; +07:00 = WIB
+# Local time zone (UTC offset) for calendar periods of retention; +07:00 = WIB.
+utc_offset = "+07:00"
 
 [limits]
 # Jumlah koneksi agen serentak maksimum / most agent connections at once.
@@ -124,6 +217,55 @@ checkpoint_mib = 64
 [enroll]
 # Masa berlaku token pendaftaran, jam / hours an enrollment token stays valid.
 token_ttl_hours = 24
+
+[gc]
+# Lama blob dipertahankan setelah terakhir dipakai unggahan (agar unggahan terputus bisa dilanjutkan)
+# How long a blob is kept after an upload last relied on it (so an interrupted upload can resume).
+grace = "24h"
+
+[scrub]
+# Pemeriksaan ulang terjadwal seluruh blob oleh `serve` (true/false)
+# Scheduled re-read and rehash of every blob by `serve` (true/false).
+enabled = true
+# Jeda antara akhir satu scrub dan awal scrub berikutnya (s, m, h, d, w)
+# Time from the end of one scrub to the start of the next (s, m, h, d, w).
+interval = "7d"
+# Laju baca maksimum per detik (B, KiB, MiB, GiB)
+# Most bytes read per second (B, KiB, MiB, GiB).
+rate = "50MiB"
+
+# Retensi: tabel [[retention]] pertama yang cocok dengan agen/dataset berlaku; tanpa yang cocok, semua disimpan.
+# Retention: the first [[retention]] table matching the agent/dataset applies; with none, all are kept.
+# Dipakai oleh `pulih-controller prune`; snapshot terbaru suatu dataset tidak pernah dihapus oleh kebijakan.
+# Used by `pulih-controller prune`; the newest snapshot of a dataset is never removed by a policy.
+[[retention]]
+# Nama agen, atau "*" untuk semua agen
+# Agent name, or "*" for every agent.
+agent = "*"
+# Nama dataset, atau "*" untuk semua dataset
+# Dataset name, or "*" for every dataset.
+dataset = "*"
+# Simpan N snapshot terbaru
+# Keep the N newest snapshots.
+keep_last = 3
+# Simpan snapshot terbaru dari tiap N jam terakhir yang memiliki snapshot
+# Keep the newest snapshot of each of the last N hours that have one.
+keep_hourly = 24
+# Simpan snapshot terbaru dari tiap N hari terakhir (hari setempat, utc_offset)
+# Keep the newest snapshot of each of the last N days (local days, utc_offset).
+keep_daily = 30
+# Simpan snapshot terbaru dari tiap N minggu ISO terakhir
+# Keep the newest snapshot of each of the last N ISO weeks.
+keep_weekly = 12
+# Simpan snapshot terbaru dari tiap N bulan terakhir
+# Keep the newest snapshot of each of the last N months.
+keep_monthly = 24
+# Simpan snapshot terbaru dari tiap N tahun terakhir
+# Keep the newest snapshot of each of the last N years.
+keep_yearly = 10
+# Simpan semua snapshot dalam rentang ini dari snapshot terbaru dataset
+# Keep every snapshot within this duration of the dataset's newest snapshot.
+keep_within = "7d"
 "#
     )
 }

@@ -101,6 +101,28 @@ impl DataDir {
         Ok(f)
     }
 
+    /// Takes the data directory's GC lock: one garbage collection (or
+    /// catalog rebuild) at a time, beside a running `serve`. Held until the
+    /// returned file is dropped.
+    pub fn lock_for_gc(&self) -> Result<std::fs::File> {
+        self.check_exists()?;
+        let path = self.root.join("gc.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+            anyhow::anyhow!(
+                "another garbage collection is running in {} (lock {})",
+                self.root.display(),
+                path.display()
+            )
+        })?;
+        Ok(f)
+    }
+
     fn check_exists(&self) -> Result<()> {
         if let Err(e) = std::fs::metadata(&self.root) {
             if e.kind() == std::io::ErrorKind::PermissionDenied {

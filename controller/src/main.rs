@@ -14,7 +14,7 @@ use pulih_controller::datadir::DataDir;
 use pulih_controller::pki::Ca;
 use pulih_controller::server::{self, Limits, Server};
 use pulih_controller::verify::Verifier;
-use pulih_controller::{pki, restore};
+use pulih_controller::{gc, pki, rebuild, restore, retention, scrub};
 use pulih_core::out;
 use pulih_core::{AgentName, TreeId};
 use tokio_util::sync::CancellationToken;
@@ -128,6 +128,78 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Forget snapshots: remove them from the catalog (their data stays
+    /// until `gc`). Even the only snapshot of a dataset can be forgotten.
+    Forget {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Snapshot ids or unique prefixes (at least 4 hex digits).
+        #[arg(required = true)]
+        snapshots: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the [[retention]] policies of controller.toml: list every
+    /// snapshot kept or removed and why, forget the removed ones, then
+    /// collect garbage.
+    Prune {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Only show the plan.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Do not run garbage collection afterwards.
+        #[arg(long)]
+        no_gc: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove chunks and trees no snapshot reaches (safe beside `serve`
+    /// and uploads in progress).
+    Gc {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Override [gc] grace of controller.toml (e.g. "24h", "0s").
+        #[arg(long)]
+        grace: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read and rehash every stored blob; record damage and mark the
+    /// snapshots that reach it. Exits 2 when damage is found.
+    Scrub {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Most bytes read per second (e.g. "50MiB"); default: unlimited.
+        #[arg(long)]
+        rate: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List blobs scrub found damaged, and their repair state.
+    Damage {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a lost catalog.db from the store and pki/issued/.
+    RebuildCatalog {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Move an existing catalog.db aside instead of refusing.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -174,10 +246,20 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 handshake_timeout: Duration::from_secs(cfg.limits.handshake_timeout_secs),
                 idle_timeout: Duration::from_secs(cfg.limits.idle_timeout_secs),
             };
-            let server = Arc::new(Server::new(backend, ca, chain, key, cfg.controller.name.clone(), limits)?);
+            let mut server = Server::new(backend, ca, chain, key, cfg.controller.name.clone(), limits)?;
+            server.pki = Some(dd.pki());
+            let server = Arc::new(server);
             let addr = listen.unwrap_or(cfg.controller.listen.clone());
+            // Scheduled scrub on its own thread and catalog connection,
+            // stopped and joined at shutdown.
+            let stop_scrub = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scrubber = cfg.scrub.enabled.then(|| {
+                let (interval, rate) = cfg.scrub_schedule();
+                let (store_root, catalog_path, stop) = (dd.store_path(), dd.catalog_path(), stop_scrub.clone());
+                std::thread::spawn(move || scrub::run_scheduled(&store_root, &catalog_path, interval, rate, &stop))
+            });
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(async move {
+            let served = rt.block_on(async move {
                 let listener = server::bind(&addr).await?;
                 let shutdown = CancellationToken::new();
                 let sig = shutdown.clone();
@@ -193,7 +275,12 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     sig.cancel();
                 });
                 server.run(listener, shutdown).await
-            })?;
+            });
+            stop_scrub.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(t) = scrubber {
+                let _ = t.join();
+            }
+            served?;
         }
         Cmd::EnrollAgent { name, dir, json } => {
             let dd = DataDir::new(&dir.data_dir);
@@ -227,7 +314,11 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Cmd::RevokeAgent { name, dir } => {
             let dd = DataDir::new(&dir.data_dir);
             let agent = AgentName::new(&name)?;
-            let n = dd.catalog()?.revoke_agent(&agent)?;
+            let mut cat = dd.catalog()?;
+            let fps = cat.agent_certificates(agent.as_str())?;
+            let n = cat.revoke_agent(&agent)?;
+            // Markers so a rebuilt catalog keeps them revoked.
+            pki::record_revoked(&dd.pki(), &fps)?;
             out!("Agent {name} revoked ({n} certificate(s)); it is refused from its next connection on.");
         }
         Cmd::Agents { dir, json } => {
@@ -249,7 +340,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 out!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 out!(
-                    "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10}",
+                    "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10} STATE",
                     "ID",
                     "AGENT",
                     "DATASET",
@@ -260,14 +351,15 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 );
                 for r in &rows {
                     out!(
-                        "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10}",
+                        "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10} {}",
                         &r.id[..12],
                         r.agent,
                         r.dataset,
                         format!("{}Z", &r.time[..r.time.len().min(19)]),
                         r.files,
                         human(r.bytes),
-                        human(r.bytes_new)
+                        human(r.bytes_new),
+                        r.state
                     );
                 }
                 out!("{} snapshot(s)", rows.len());
@@ -331,9 +423,17 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 v.snapshot(&s.id, &s.root_tree.parse()?).with_context(|| format!("verifying snapshot {}", s.id))?;
             }
             let report = v.report;
+            // What scrub marked, even if this run found the data intact
+            // (never silently good).
+            let marked: Vec<&str> = targets.iter().filter(|s| s.state == "damaged").map(|s| s.id.as_str()).collect();
             if json {
-                out!("{}", serde_json::to_string_pretty(&report)?);
+                let mut v = serde_json::to_value(&report)?;
+                v["marked_damaged"] = serde_json::json!(marked);
+                out!("{}", serde_json::to_string_pretty(&v)?);
             } else {
+                for m in &marked {
+                    out!("MARKED DAMAGED by scrub: snapshot {m} (see `pulih-controller damage`)");
+                }
                 for d in &report.damage {
                     out!("DAMAGED snapshot {} path {} {} {}: {}", &d.snapshot[..12], d.path, d.kind, d.id, d.reason);
                 }
@@ -347,12 +447,206 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     report.damage.len()
                 );
             }
+            if !report.damage.is_empty() || !marked.is_empty() {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Cmd::Forget { dir, snapshots, json } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let mut cat = dd.catalog()?;
+            let ids = snapshots
+                .iter()
+                .map(|s| {
+                    if s == "latest" {
+                        bail!("forget needs snapshot ids, not 'latest'");
+                    }
+                    Ok(cat.resolve_snapshot(s, None, None)?.id)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let rows = retention::forget(&mut cat, &dd.store()?, &ids)?;
+            if json {
+                out!("{}", serde_json::json!({ "forgotten": ids }));
+            } else {
+                for r in &rows {
+                    out!("forgot {} {}/{} {}", &r.id[..12], r.agent, r.dataset, r.time);
+                }
+                out!("{} snapshot(s) forgotten; run `pulih-controller gc` to free their data", rows.len());
+            }
+        }
+        Cmd::Prune { dir, dry_run, agent, dataset, no_gc, json } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let cfg = dd.config()?;
+            let mut cat = dd.catalog()?;
+            let plans = retention::plan_all(
+                &cat,
+                &cfg.retention,
+                cfg.utc_offset(),
+                pulih_core::now_ns(),
+                agent.as_deref(),
+                dataset.as_deref(),
+            )?;
+            let remove = retention::removals(&plans);
+            if !dry_run && !remove.is_empty() {
+                retention::forget(&mut cat, &dd.store()?, &remove)?;
+            }
+            let gc_report = if dry_run || no_gc { None } else { Some(run_gc(&dd, &cfg, None, false)?) };
+            if json {
+                out!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"dry_run": dry_run, "datasets": plans, "removed": remove, "gc": gc_report})
+                    )?
+                );
+            } else {
+                for p in &plans {
+                    let rule = p.rule.map_or("no [[retention]] matches: keep all".to_string(), |i| {
+                        format!("[[retention]] #{}", i + 1)
+                    });
+                    out!("{}/{} ({rule})", p.agent, p.dataset);
+                    for d in &p.decisions {
+                        out!(
+                            "  {} {} {}  {}",
+                            if d.keep { "keep  " } else { "remove" },
+                            &d.id[..12],
+                            pulih_controller::catalog::rfc3339_ns(d.time_ns),
+                            d.reasons.join(", ")
+                        );
+                    }
+                }
+                let verb = if dry_run { "would be removed (dry run)" } else { "removed" };
+                out!("{} snapshot(s) {verb}", remove.len());
+                if let Some(g) = &gc_report {
+                    print_gc(g);
+                }
+            }
+        }
+        Cmd::Gc { dir, dry_run, grace, json } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let cfg = dd.config()?;
+            let report = run_gc(&dd, &cfg, grace.as_deref(), dry_run)?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_gc(&report);
+            }
+        }
+        Cmd::Scrub { dir, rate, json } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let rate =
+                rate.as_deref().map(pulih_controller::units::parse_size).transpose().map_err(anyhow::Error::msg)?;
+            let store = dd.store()?;
+            let mut cat = dd.catalog()?;
+            let report = scrub::scrub(&store, &mut cat, rate, &|| false)?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for d in &report.damage {
+                    out!("DAMAGED {} {} ({}): {}", d.kind, d.id, d.state, d.reason);
+                    for s in &d.snapshots {
+                        out!("  reached by snapshot {s}");
+                    }
+                }
+                out!(
+                    "Scrubbed {} blob(s), {} in {:.1} s; {} damaged blob(s) found; {} snapshot(s) marked damaged",
+                    report.blobs_checked,
+                    human(report.bytes_checked),
+                    report.seconds,
+                    report.damage.len(),
+                    report.damaged_snapshots.len()
+                );
+            }
             if !report.damage.is_empty() {
                 return Ok(ExitCode::from(2));
             }
         }
+        Cmd::Damage { dir, json } => {
+            let rows = DataDir::new(&dir.data_dir).catalog()?.damage()?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                out!("{:<6} {:<64} {:<9} {:<21} DETAIL", "KIND", "ID", "STATE", "FOUND");
+                for r in &rows {
+                    out!(
+                        "{:<6} {:<64} {:<9} {:<21} {}",
+                        r.kind,
+                        r.id,
+                        r.state,
+                        pulih_controller::catalog::rfc3339_ns(r.found_at * 1_000_000_000),
+                        r.detail
+                    );
+                }
+            }
+        }
+        Cmd::RebuildCatalog { dir, force, json } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let report = rebuild::rebuild(&dd, force)?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                if let Some(a) = &report.moved_aside {
+                    out!("previous catalog moved to {}", a.display());
+                }
+                for s in &report.skipped {
+                    out!("skipped {s}");
+                }
+                for d in &report.damaged {
+                    out!("DAMAGED {d} (recorded; run scrub)");
+                }
+                out!(
+                    "Rebuilt: {} agent(s), {} snapshot(s), {} tree(s), {} chunk(s) ({} without owner), {} certificate(s) revoked",
+                    report.agents,
+                    report.snapshots,
+                    report.trees,
+                    report.chunks,
+                    report.unowned,
+                    report.certificates_revoked
+                );
+                out!("Certificates restored as ACTIVE (revoke any that should not be; revocations older than pki/revoked/ markers are lost):");
+                for c in &report.certificates_active {
+                    out!("  {c}");
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_gc(
+    dd: &DataDir,
+    cfg: &pulih_controller::config::ControllerConfig,
+    grace: Option<&str>,
+    dry_run: bool,
+) -> Result<gc::GcReport> {
+    let grace_secs = match grace {
+        Some(g) => pulih_controller::units::parse_duration(g).map_err(anyhow::Error::msg)?,
+        None => cfg.gc_grace_secs(),
+    };
+    let _lock = dd.lock_for_gc()?;
+    let store = dd.store()?;
+    let mut cat = dd.catalog().context("garbage collection did not start (nothing changed)")?;
+    let report = gc::collect(&store, &mut cat, &gc::GcOptions { grace_secs, dry_run }).map_err(|e| {
+        if e.is_disk_full() {
+            anyhow::anyhow!("garbage collection stopped, the disk is full; nothing was lost (store and catalog are consistent): {e}")
+        } else {
+            anyhow::anyhow!("garbage collection stopped; store and catalog are consistent: {e}")
+        }
+    })?;
+    Ok(report)
+}
+
+fn print_gc(r: &gc::GcReport) {
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    out!(
+        "GC: {} snapshot(s), {} tree(s) and {} chunk(s) reachable, {} recent blob(s) kept (grace); {verb} {} tree(s) and {} chunk(s), {} in {:.1} s",
+        r.snapshots,
+        r.reachable_trees,
+        r.reachable_chunks,
+        r.kept_recent,
+        r.trees_removed,
+        r.chunks_removed,
+        human(r.bytes_removed),
+        r.seconds
+    );
 }
 
 fn human(bytes: u64) -> String {

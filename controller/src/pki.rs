@@ -198,6 +198,47 @@ pub fn load_server(paths: &PkiPaths) -> Result<(Vec<CertificateDer<'static>>, Pr
     Ok((vec![server, ca], key))
 }
 
+/// Directory of every agent certificate issued, `<fingerprint>.pem`: the
+/// catalog's `certificates` table can be rebuilt from it (F7).
+pub fn issued_dir(paths: &PkiPaths) -> PathBuf {
+    paths.dir.join("issued")
+}
+
+/// Directory of revocation markers, one empty file `<fingerprint>` per
+/// revoked certificate, so a rebuilt catalog keeps them revoked.
+pub fn revoked_dir(paths: &PkiPaths) -> PathBuf {
+    paths.dir.join("revoked")
+}
+
+fn write_synced(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, dir.join(name))?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Records an issued agent certificate (PEM) under `pki/issued/`. Called
+/// before the catalog records it, so every certificate the catalog knows
+/// has a file.
+pub fn record_issued(paths: &PkiPaths, cert: &CertificateDer<'_>) -> Result<()> {
+    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert.to_vec()));
+    write_synced(&issued_dir(paths), &format!("{}.pem", Fingerprint::of(cert)), pem.as_bytes())
+}
+
+/// Records that certificates were revoked (markers under `pki/revoked/`).
+pub fn record_revoked(paths: &PkiPaths, fingerprints: &[String]) -> Result<()> {
+    for fp in fingerprints {
+        Fingerprint::parse(fp).map_err(|e| anyhow::anyhow!("{fp}: {e}"))?;
+        write_synced(&revoked_dir(paths), fp, b"")?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,6 +51,9 @@ pub struct Server {
     pub ca: Ca,
     pub name: String,
     pub limits: Limits,
+    /// Where issued certificates are recorded for catalog rebuilds
+    /// (`pki/issued/`); `None` records nothing (tests).
+    pub pki: Option<crate::pki::PkiPaths>,
     agent_cfg: Arc<ServerConfig>,
     enroll_cfg: Arc<ServerConfig>,
     fatal: Mutex<Option<String>>,
@@ -89,6 +92,7 @@ impl Server {
             ca,
             name,
             limits,
+            pki: None,
             agent_cfg: Arc::new(agent_cfg),
             enroll_cfg: Arc::new(enroll_cfg),
             fatal: Mutex::new(None),
@@ -227,6 +231,12 @@ impl Server {
             .sign_agent(csr_der, &agent, AGENT_DAYS)
             .map_err(|e| SessionError::new(ErrorCode::Protocol, format!("{e:#}")))?;
         let info = tls::cert_info(&cert).map_err(|e| SessionError::new(ErrorCode::Protocol, e.to_string()))?;
+        if let Some(pki) = &self.pki {
+            // Before the catalog: every certificate it lists has a file a
+            // rebuilt catalog can restore it from.
+            crate::pki::record_issued(pki, &cert)
+                .map_err(|e| SessionError::new(ErrorCode::Storage, format!("recording the certificate: {e:#}")))?;
+        }
         self.backend
             .catalog
             .lock()

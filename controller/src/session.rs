@@ -19,7 +19,7 @@ use pulih_core::tree::Tree;
 use pulih_core::{ChunkId, SnapshotId, TreeId};
 use tracing::{debug, info, warn};
 
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{now_secs, Catalog, CatalogError};
 use crate::store::{BlobRef, Store, StoreError};
 
 /// Default: checkpoint after this many bytes written since the last one.
@@ -82,6 +82,16 @@ pub struct UploadSession {
     /// agency already stores a given content (F16).
     bytes_new: u64,
     blobs_new: u64,
+    /// Stored blobs this session relied on since its last checkpoint; their
+    /// `touched_at` is written at the checkpoint (see crate::gc).
+    touched: HashSet<BlobRef>,
+    /// Staged blobs that were already stored, so not written again.
+    unwritten: HashSet<BlobRef>,
+    /// When the session first relied on a stored blob since its last
+    /// commit (Unix seconds).
+    first_touch: Option<i64>,
+    /// Damaged blobs replaced by a verified copy since the last checkpoint.
+    repairs: Vec<BlobRef>,
 }
 
 impl UploadSession {
@@ -96,7 +106,17 @@ impl UploadSession {
             stored_new: 0,
             bytes_new: 0,
             blobs_new: 0,
+            touched: HashSet::new(),
+            unwritten: HashSet::new(),
+            first_touch: None,
+            repairs: Vec::new(),
         }
+    }
+
+    /// Notes that the session relies on a stored blob.
+    fn rely(&mut self, blob: BlobRef) {
+        self.first_touch.get_or_insert_with(now_secs);
+        self.touched.insert(blob);
     }
 
     fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
@@ -110,25 +130,35 @@ impl UploadSession {
     }
 
     /// The chunks of `ids` this agent has not stored (answer to has-chunks).
-    pub fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, SessionError> {
-        let cat = self.catalog();
+    /// A chunk recorded as damaged counts as missing, so the agent resends
+    /// it and the stored copy is repaired (F15, F22).
+    pub fn missing(&mut self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, SessionError> {
         let mut out = Vec::new();
-        for id in ids {
-            let blob = BlobRef::chunk(id);
-            let have = self.received.contains(&blob)
-                || (cat.agent_has(self.agent_id, &blob)? && {
-                    // Never let an agent deduplicate against a file that is
-                    // gone (F7, F15): forget it and ask for it again.
-                    let present = self.backend.store.present(&blob)?;
-                    if !present {
-                        warn!(blob = %blob.hex(), "recorded chunk is missing from the store; asking for it again");
-                        cat.forget_blob(&blob)?;
-                    }
-                    present
-                });
-            if !have {
-                out.push(*id);
+        let mut relied = Vec::new();
+        {
+            let cat = self.catalog();
+            for id in ids {
+                let blob = BlobRef::chunk(id);
+                let have = self.received.contains(&blob)
+                    || (cat.agent_has(self.agent_id, &blob)? && !cat.blob_damaged(&blob)? && {
+                        // Never let an agent deduplicate against a file that is
+                        // gone (F7, F15): forget it and ask for it again.
+                        let present = self.backend.store.present(&blob)?;
+                        if !present {
+                            warn!(blob = %blob.hex(), "recorded chunk is missing from the store; asking for it again");
+                            cat.forget_blob(&blob)?;
+                        } else {
+                            relied.push(blob);
+                        }
+                        present
+                    });
+                if !have {
+                    out.push(*id);
+                }
             }
+        }
+        for b in relied {
+            self.rely(b);
         }
         Ok(out)
     }
@@ -163,6 +193,7 @@ impl UploadSession {
         let tree = Tree::decode(&plain)
             .map_err(|e| SessionError::new(ErrorCode::Integrity, format!("tree {}: {e}", id.to_hex())))?;
         let (chunks, trees) = tree.references();
+        let mut relied = Vec::new();
         {
             let cat = self.catalog();
             let refs = chunks.iter().map(BlobRef::chunk).chain(trees.iter().map(BlobRef::tree));
@@ -172,10 +203,15 @@ impl UploadSession {
             for r in refs {
                 let absent = if self.received.contains(&r) {
                     false
+                } else if cat.blob_damaged(&r)? {
+                    // Asking for it again repairs it (or, for a tree the
+                    // agent cannot rebuild, keeps it out of new snapshots).
+                    true
                 } else if cat.agent_has(self.agent_id, &r)? {
                     // Deduplicated against an earlier upload: make sure it
                     // is still there before trusting it (F15).
                     if self.backend.store.present(&r)? {
+                        relied.push(r);
                         false
                     } else {
                         warn!(blob = %r.hex(), kind = r.kind.name(), "recorded blob is missing from the store; forgetting it so it is uploaded again");
@@ -202,6 +238,9 @@ impl UploadSession {
                 ));
             }
         }
+        for r in relied {
+            self.rely(r);
+        }
         self.stage(BlobRef::tree(&id), raw_len.into(), &data)
     }
 
@@ -209,14 +248,25 @@ impl UploadSession {
         if self.received.contains(&blob) {
             return Ok(());
         }
-        let (durable, owned) = {
+        let (durable, owned, damaged) = {
             let cat = self.catalog();
-            (cat.blob_durable(&blob)?, cat.agent_has(self.agent_id, &blob)?)
+            (cat.blob_durable(&blob)?, cat.agent_has(self.agent_id, &blob)?, cat.blob_damaged(&blob)?)
         };
         if !durable {
             self.backend.store.put_unsynced(&blob, data)?;
             self.stored_new += data.len() as u64;
             self.pending_bytes += data.len() as u64;
+        } else if damaged {
+            // Self-healing: a verified copy replaces the damaged file
+            // (temp + rename now, synced at the checkpoint that marks it
+            // repaired).
+            self.backend.store.put_unsynced(&blob, data)?;
+            self.pending_bytes += data.len() as u64;
+            self.repairs.push(blob);
+            info!(agent = %self.agent, blob = %blob.hex(), kind = blob.kind.name(), "damaged blob replaced by a verified copy");
+        } else {
+            self.first_touch.get_or_insert_with(now_secs);
+            self.unwritten.insert(blob);
         }
         if !owned {
             self.bytes_new += data.len() as u64;
@@ -230,24 +280,56 @@ impl UploadSession {
         Ok(())
     }
 
-    /// Syncs the store and records everything staged so far (F1, F2).
+    /// Syncs the store and records everything staged so far (F1, F2),
+    /// with the touches of the blobs relied on (see crate::gc). Fails with
+    /// a retryable error if garbage collection removed one of those since
+    /// it was checked.
     pub fn checkpoint(&mut self) -> Result<(), SessionError> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.touched.is_empty() {
             return Ok(());
         }
         if self.pending_bytes > 0 {
             self.backend.store.sync()?;
         }
-        {
+        let gone = {
             let mut cat = self.catalog();
-            let tx = cat.transaction()?;
-            Catalog::record_blobs(&tx, self.agent_id, &self.pending)?;
+            let tx = cat.immediate()?;
+            // Blobs staged without being written must still exist before
+            // their ownership is recorded: touch them first.
+            let now = now_secs();
+            let gone = Catalog::touch_blobs(&tx, self.unwritten.iter().chain(&self.touched), now)?;
+            let gone_set: HashSet<BlobRef> = gone.iter().copied().collect();
+            let keep: Vec<(BlobRef, u64, u64)> =
+                self.pending.iter().filter(|p| !gone_set.contains(&p.0)).copied().collect();
+            Catalog::record_blobs(&tx, self.agent_id, &keep)?;
+            for r in &self.repairs {
+                Catalog::mark_repaired(&tx, r)?;
+            }
             tx.commit().map_err(CatalogError::from)?;
-        }
+            if !self.repairs.is_empty() {
+                let ok = crate::scrub::refresh_damaged_snapshots(&self.backend.store, &mut cat)?;
+                info!(agent = %self.agent, repaired = self.repairs.len(), snapshots_ok_again = ok, "damaged blobs repaired");
+            }
+            gone
+        };
         debug!(agent = %self.agent, blobs = self.pending.len(), bytes = self.pending_bytes, "checkpoint");
         self.pending.clear();
         self.received.clear();
+        self.touched.clear();
+        self.unwritten.clear();
+        self.repairs.clear();
         self.pending_bytes = 0;
+        if let Some(first) = gone.first() {
+            return Err(SessionError::new(
+                ErrorCode::MissingReference,
+                format!(
+                    "{} stored blob(s) this upload relies on were removed by garbage collection meanwhile, first {} {}; retry to send them again",
+                    gone.len(),
+                    first.kind.name(),
+                    first.hex()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -278,16 +360,64 @@ impl UploadSession {
                 format!("root tree {} of the snapshot is not stored for this agent", record.root.short()),
             ));
         }
+        if !self.received.contains(&root) {
+            self.rely(root);
+        }
         self.checkpoint()?;
         let (id, encoded) = record.encode();
         self.backend.store.put_snapshot(&id, &encoded)?;
         let (bytes_new, blobs_new) = (self.bytes_new, self.blobs_new);
         {
-            let mut cat = self.catalog();
-            let tx = cat.transaction()?;
+            let backend = self.backend.clone();
+            let mut cat = backend.catalog.lock().unwrap_or_else(|e| e.into_inner());
+            // Never commit a snapshot that reaches a blob scrub found
+            // damaged (the agent reused it from its change cache): refuse,
+            // so the agent retries without its cache, sends the content
+            // again and so repairs it (F15, F22).
+            let bad = cat.damaged_blobs()?;
+            if !bad.is_empty() {
+                let hit = crate::scrub::damaged_reached(&self.backend.store, &bad, &record.root);
+                if let Some(first) = hit.first() {
+                    self.first_touch = None;
+                    return Err(SessionError::new(
+                        ErrorCode::MissingReference,
+                        format!(
+                            "the snapshot reaches {} blob(s) found damaged at the controller, first {first}; send them again",
+                            hit.len()
+                        ),
+                    ));
+                }
+            }
+            let tx = cat.immediate()?;
+            // A GC run whose cutoff is later than what this session first
+            // relied on may have removed part of the closure (a writer
+            // stalled longer than the grace period, F14): re-check it all
+            // under the write lock, and refuse rather than commit a hole.
+            if let Some(first) = self.first_touch {
+                if Catalog::gc_may_have_swept(&tx, first)? {
+                    let missing = crate::gc::verify_closure(&tx, &self.backend.store, &record.root, now_secs())
+                        .map_err(|e| SessionError::new(ErrorCode::Storage, e.to_string()))?;
+                    if let Some(m) = missing.first() {
+                        Catalog::forget_blobs(&tx, &missing)?;
+                        tx.commit().map_err(CatalogError::from)?;
+                        self.first_touch = None;
+                        warn!(agent = %self.agent, missing = missing.len(), "commit refused: garbage collection removed blobs while the upload stalled");
+                        return Err(SessionError::new(
+                            ErrorCode::MissingReference,
+                            format!(
+                                "garbage collection removed {} blob(s) this snapshot needs while the upload was stalled, first {} {}; retry",
+                                missing.len(),
+                                m.kind.name(),
+                                m.hex()
+                            ),
+                        ));
+                    }
+                }
+            }
             Catalog::insert_snapshot(&tx, self.agent_id, &id, &record, &encoded, self.stored_new)?;
             tx.commit().map_err(CatalogError::from)?;
         }
+        self.first_touch = None;
         info!(agent = %self.agent, dataset = %record.dataset, snapshot = %id.short(), files = record.stats.files, stored_new = self.stored_new, "snapshot committed");
         self.stored_new = 0;
         self.bytes_new = 0;
@@ -318,5 +448,201 @@ mod tests {
         });
         assert!(!full.fatal);
         assert!(full.message.contains("disk is full"), "{}", full.message);
+    }
+}
+
+/// Library-level tests of the storage lifecycle through a real session:
+/// self-healing (F22) and GC races (F14).
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+    use crate::store::BlobKind;
+    use pulih_core::snapshot::SnapshotStats;
+    use pulih_core::tls::{CertInfo, Fingerprint};
+    use pulih_core::tree::{Entry, EntryName, Node, Segment, Tree};
+    use pulih_core::{AgentName, DatasetName};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        backend: Arc<Backend>,
+        cat_path: std::path::PathBuf,
+        agent_id: i64,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("store")).unwrap();
+        let cat_path = dir.path().join("catalog.db");
+        let mut cat = Catalog::create(&cat_path, "drc").unwrap();
+        let name = AgentName::new("web").unwrap();
+        cat.add_token("h", &name, 3600).unwrap();
+        let cert = CertInfo { common_name: "web".into(), serial: "01".into(), not_before: 0, not_after: i64::MAX / 2 };
+        cat.complete_enrollment("h", &name, &Fingerprint::of(b"c"), &cert).unwrap();
+        let agent_id = cat.agents().unwrap()[0].id;
+        let backend = crate::server::open_backend(store, cat, 1 << 20);
+        Fixture { _dir: dir, backend, cat_path, agent_id }
+    }
+
+    fn session(f: &Fixture) -> UploadSession {
+        UploadSession::new(f.backend.clone(), f.agent_id, "web".into())
+    }
+
+    fn file(name: &str, chunk: ChunkId, len: u32) -> Entry {
+        Entry {
+            name: EntryName::new(name).unwrap(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            node: Node::File {
+                size: len.into(),
+                link_group: None,
+                flags: 0,
+                segments: vec![Segment::Data { id: chunk, len }],
+            },
+        }
+    }
+
+    fn dir(name: &str, tree: TreeId) -> Entry {
+        Entry {
+            name: EntryName::new(name).unwrap(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            node: Node::Dir { tree },
+        }
+    }
+
+    fn put_tree(s: &mut UploadSession, entries: Vec<Entry>) -> TreeId {
+        let (id, plain) = Tree::new(entries).unwrap().encode();
+        s.put_tree(id, plain.len() as u32, pulih_core::codec::compress(&plain, 3)).unwrap();
+        id
+    }
+
+    fn put_chunk(s: &mut UploadSession, data: &[u8]) -> ChunkId {
+        let id = ChunkId::of(data);
+        s.put_chunk(id, data.len() as u32, pulih_core::codec::compress(data, 3)).unwrap();
+        id
+    }
+
+    fn record(root: TreeId, t: i64) -> Vec<u8> {
+        SnapshotRecord {
+            agent: AgentName::new("web").unwrap(),
+            dataset: DatasetName::new("www").unwrap(),
+            host: "h".into(),
+            paths: vec![],
+            started_ns: t,
+            finished_ns: t,
+            root,
+            parent: None,
+            chunker_version: CHUNKER_VERSION,
+            stats: SnapshotStats::default(),
+            errors_total: 0,
+            errors: vec![],
+        }
+        .encode()
+        .1
+    }
+
+    fn flip(store: &Store, b: &BlobRef) {
+        let p = store.blob_path(b);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x40;
+        std::fs::write(&p, bytes).unwrap();
+    }
+
+    fn state(cat: &Catalog, id: &str) -> String {
+        cat.snapshots(None, None).unwrap().into_iter().find(|s| s.id == id).unwrap().state
+    }
+
+    /// F22: a flipped byte in a stored chunk is found by scrub, the
+    /// snapshot is marked damaged, the owning agent is asked for it, and a
+    /// verified copy received by a session repairs it: damaged -> repaired,
+    /// snapshot ok again. A damaged tree is lost and its snapshot stays damaged.
+    #[test]
+    fn f22_scrub_finds_a_flipped_byte_and_a_resent_chunk_repairs_it() {
+        let f = fixture();
+        let data = crate::gc::tests_support::bytes(7, 100_000);
+        let mut s = session(&f);
+        let c = put_chunk(&mut s, &data);
+        let root = put_tree(&mut s, vec![file("a", c, data.len() as u32)]);
+        let (sid, _, _) = s.commit(&record(root, 1)).unwrap();
+        let sid = sid.to_hex();
+        flip(&f.backend.store, &BlobRef::chunk(&c));
+
+        let mut cat = Catalog::open(&f.cat_path).unwrap();
+        let r = crate::scrub::scrub(&f.backend.store, &mut cat, None, &|| false).unwrap();
+        assert_eq!(r.damage.len(), 1, "{r:?}");
+        assert_eq!((r.damage[0].id.as_str(), r.damage[0].state), (c.to_hex().as_str(), "damaged"));
+        assert_eq!(r.damage[0].snapshots, vec![sid.clone()]);
+        assert_eq!(state(&cat, &sid), "damaged");
+        assert_eq!(cat.repair_wanted(f.agent_id).unwrap(), vec![c]);
+
+        // The agent's next contact: the chunk counts as missing; resending repairs it.
+        let mut s = session(&f);
+        assert_eq!(s.missing(&[c]).unwrap(), vec![c]);
+        put_chunk(&mut s, &data);
+        s.checkpoint().unwrap();
+        assert!(crate::reader::load_chunk(&f.backend.store, &c, data.len() as u32).is_ok());
+        let d = cat.damage().unwrap();
+        assert_eq!((d[0].state.as_str(), d[0].repaired_at.is_some()), ("repaired", true));
+        assert_eq!(state(&cat, &sid), "ok");
+        assert!(cat.repair_wanted(f.agent_id).unwrap().is_empty());
+        let r = crate::scrub::scrub(&f.backend.store, &mut cat, None, &|| false).unwrap();
+        assert!(r.damage.is_empty(), "{r:?}");
+
+        // A damaged tree cannot be asked for: lost, snapshot stays damaged.
+        flip(&f.backend.store, &BlobRef::tree(&root));
+        let r = crate::scrub::scrub(&f.backend.store, &mut cat, None, &|| false).unwrap();
+        assert_eq!((r.damage[0].kind, r.damage[0].state), ("tree", "lost"));
+        assert_eq!(r.damaged_snapshots, vec![sid.clone()]);
+        assert!(cat.repair_wanted(f.agent_id).unwrap().is_empty());
+        assert_eq!(crate::scrub::refresh_damaged_snapshots(&f.backend.store, &mut cat).unwrap(), 0);
+        assert_eq!(state(&cat, &sid), "damaged");
+    }
+
+    /// F14: a writer that stalled longer than the grace period while GC
+    /// removed part of its snapshot's closure cannot commit; the blobs are
+    /// forgotten so the retry sends them again.
+    #[test]
+    fn f14_stalled_writer_cannot_commit_after_gc_removed_its_blobs() {
+        let f = fixture();
+        let mut s = session(&f);
+        let c = put_chunk(&mut s, b"deep chunk content");
+        let sub = put_tree(&mut s, vec![file("x", c, 18)]);
+        s.checkpoint().unwrap();
+        let root = put_tree(&mut s, vec![dir("sub", sub)]);
+        s.checkpoint().unwrap();
+        // The writer stalls for a long time; a GC run (cutoff later than
+        // what the writer relied on) removes the deep chunk meanwhile.
+        let long_ago = now_secs() - 10 * 86_400;
+        s.first_touch = Some(long_ago);
+        {
+            let cat = Catalog::open(&f.cat_path).unwrap();
+            let run = cat.gc_begin(now_secs(), now_secs() - 3600).unwrap();
+            let mut cat = cat;
+            let tx = cat.transaction().unwrap();
+            Catalog::forget_blobs(&tx, &[BlobRef::chunk(&c)]).unwrap();
+            tx.commit().unwrap();
+            std::fs::remove_file(f.backend.store.blob_path(&BlobRef::chunk(&c))).unwrap();
+            cat.gc_end(run, true, 0, 1, 0, None).unwrap();
+        }
+        let err = s.commit(&record(root, 2)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MissingReference, "{err}");
+        assert!(err.message.contains("garbage collection"), "{err}");
+        let cat = Catalog::open(&f.cat_path).unwrap();
+        assert!(cat.snapshots(None, None).unwrap().is_empty());
+
+        // Without an overlapping GC the same shape commits.
+        let mut s = session(&f);
+        let c = put_chunk(&mut s, b"deep chunk content");
+        assert_eq!(c.to_hex(), ChunkId::of(b"deep chunk content").to_hex());
+        put_tree(&mut s, vec![file("x", c, 18)]);
+        let root = put_tree(&mut s, vec![dir("sub", sub)]);
+        s.commit(&record(root, 3)).unwrap();
+        assert_eq!(cat.snapshots(None, None).unwrap().len(), 1);
+        let _ = BlobKind::Chunk;
     }
 }

@@ -26,9 +26,11 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::store::{BlobKind, BlobRef};
 
+mod lifecycle;
 mod reports;
 pub use reports::DatasetTarget;
 mod schema;
+pub use lifecycle::{DamageRow, GcRunRow, ScrubRunRow};
 pub use schema::SCHEMA_VERSION;
 
 /// Catalog failures.
@@ -75,6 +77,8 @@ pub struct SnapshotRow {
     pub bytes_sent: u64,
     pub bytes_new: u64,
     pub errors: u64,
+    /// `ok`, or `damaged` when it reaches a blob scrub found damaged.
+    pub state: String,
 }
 
 /// An agent as listed.
@@ -302,7 +306,10 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let now = now_secs();
         let mut b = tx.prepare_cached(
-            "INSERT OR IGNORE INTO blobs (kind, id, raw_len, stored_len, stored_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            // A blob stored again counts as relied on now: garbage
+            // collection keeps it for its grace period (see crate::gc).
+            "INSERT INTO blobs (kind, id, raw_len, stored_len, stored_at, touched_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+             ON CONFLICT (kind, id) DO UPDATE SET touched_at = max(touched_at, excluded.touched_at)",
         )?;
         let mut a = tx.prepare_cached("INSERT OR IGNORE INTO agent_blobs (agent_id, kind, id) VALUES (?1, ?2, ?3)")?;
         for (blob, raw, stored) in blobs {
@@ -378,7 +385,7 @@ impl Catalog {
     pub fn snapshots(&self, agent: Option<&str>, dataset: Option<&str>) -> Result<Vec<SnapshotRow>, CatalogError> {
         let mut st = self.conn.prepare(
             "SELECT s.id, a.name, d.name, s.host, s.started_ns, s.finished_ns, s.root_tree, s.parent,
-                    s.files, s.bytes, s.bytes_read, s.bytes_sent, s.bytes_new, s.errors
+                    s.files, s.bytes, s.bytes_read, s.bytes_sent, s.bytes_new, s.errors, s.state
              FROM snapshots s JOIN agents a ON a.id = s.agent_id JOIN datasets d ON d.id = s.dataset_id
              WHERE (?1 IS NULL OR a.name = ?1) AND (?2 IS NULL OR d.name = ?2)
              ORDER BY s.started_ns, s.id",
@@ -401,6 +408,7 @@ impl Catalog {
                 bytes_sent: r.get::<_, i64>(11)? as u64,
                 bytes_new: r.get::<_, i64>(12)? as u64,
                 errors: r.get::<_, i64>(13)? as u64,
+                state: r.get(14)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -70,12 +70,6 @@ impl Catalog {
         )?)
     }
 
-    /// Chunks this agent should resend. Damage tracking arrives with scrub
-    /// (issue 4); until that lands nothing is ever asked for.
-    pub fn repair_wanted(&self, _agent_id: i64) -> Result<Vec<pulih_core::ChunkId>, CatalogError> {
-        Ok(Vec::new())
-    }
-
     /// Reported targets of an agent's datasets.
     pub fn dataset_targets(&self, agent_id: i64) -> Result<Vec<DatasetTarget>, CatalogError> {
         let mut st = self

@@ -13,7 +13,7 @@ use super::CatalogError;
 /// Schema version written by this build.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE];
 
 /// Version 1: agents, certificates, enrollment tokens, blobs, datasets, snapshots.
 const V1: &str = r#"
@@ -91,6 +91,45 @@ const V2: &str = r#"
 ALTER TABLE datasets ADD COLUMN rpo_target_secs INTEGER;
 ALTER TABLE datasets ADD COLUMN schedule TEXT;
 ALTER TABLE datasets ADD COLUMN reported_at INTEGER;
+"#;
+
+/// Storage lifecycle (issue 4): when a blob was last relied on (GC grace),
+/// damage found by scrub, snapshot state, and the history of GC and scrub
+/// runs. Existing blobs count as touched when they were stored.
+const LIFECYCLE: &str = r#"
+ALTER TABLE blobs ADD COLUMN touched_at INTEGER NOT NULL DEFAULT 0;
+UPDATE blobs SET touched_at = stored_at;
+ALTER TABLE snapshots ADD COLUMN state TEXT NOT NULL DEFAULT 'ok' CHECK (state IN ('ok', 'damaged'));
+CREATE TABLE blob_damage (
+    kind        INTEGER NOT NULL CHECK (kind IN (1, 2)),
+    id          BLOB NOT NULL CHECK (length(id) = 32),
+    found_at    INTEGER NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('damaged', 'repaired', 'lost')),
+    repaired_at INTEGER,
+    detail      TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE TABLE gc_runs (
+    id             INTEGER PRIMARY KEY,
+    started_at     INTEGER NOT NULL,
+    cutoff         INTEGER NOT NULL,
+    finished_at    INTEGER,
+    outcome        TEXT NOT NULL CHECK (outcome IN ('running', 'ok', 'failed')),
+    trees_removed  INTEGER NOT NULL DEFAULT 0,
+    chunks_removed INTEGER NOT NULL DEFAULT 0,
+    bytes_removed  INTEGER NOT NULL DEFAULT 0,
+    detail         TEXT
+);
+CREATE TABLE scrub_runs (
+    id            INTEGER PRIMARY KEY,
+    started_at    INTEGER NOT NULL,
+    finished_at   INTEGER,
+    outcome       TEXT NOT NULL CHECK (outcome IN ('running', 'ok', 'damage', 'failed')),
+    blobs_checked INTEGER NOT NULL DEFAULT 0,
+    bytes_checked INTEGER NOT NULL DEFAULT 0,
+    damaged_found INTEGER NOT NULL DEFAULT 0,
+    detail        TEXT
+);
 "#;
 
 /// Brings a catalog at version `from` up to [`SCHEMA_VERSION`].

@@ -1,0 +1,431 @@
+//! End to end: the storage lifecycle with the real binaries — retention,
+//! garbage collection beside running uploads, scrub and self-healing,
+//! catalog rebuild, and a full disk during GC.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use pulih_e2e::{bytes, describe, ok, run, Agent, Controller};
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Writes round `r` of a changing data set: some files keep their content,
+/// some change, one returns to the content of three rounds ago (so an
+/// upload deduplicates against chunks of a forgotten snapshot, F12).
+fn mutate(src: &Path, r: u64) {
+    fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    for i in 0..8u64 {
+        let seed = if i < 3 { 1000 + i } else { r * 100 + i };
+        let len = 70_000 + (i as usize) * 37_000;
+        let dir = if i % 3 == 0 { src.join("sub/deeper") } else { src.to_owned() };
+        fs::write(dir.join(format!("f{i}")), bytes(seed, len)).unwrap();
+    }
+    fs::write(src.join("sub/reverted"), bytes(r.saturating_sub(3) * 7 + 1, 300_000)).unwrap();
+    let _ = fs::remove_file(src.join(format!("gone-{}", r.wrapping_sub(1))));
+    fs::write(src.join(format!("gone-{r}")), bytes(r + 55, 90_000)).unwrap();
+}
+
+fn snapshot_with_retries(agent: &Agent) -> (String, u32) {
+    let mut failures = 0;
+    loop {
+        let out = agent.snapshot_raw();
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let v = json(text.lines().next().unwrap());
+            return (v["id"].as_str().unwrap().to_owned(), failures);
+        }
+        failures += 1;
+        assert!(failures < 6, "snapshot keeps failing: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+fn restore_describe(ctl: &Controller, tmp: &Path, id: &str, src: &Path, n: usize) -> Vec<String> {
+    let dest = tmp.join(format!("restore-{n}"));
+    let out = ctl.restore(id, Some(src), &dest);
+    assert!(out.status.success(), "restore {id}: {}", String::from_utf8_lossy(&out.stderr));
+    let d = describe(&dest, false);
+    fs::remove_dir_all(&dest).unwrap();
+    d
+}
+
+/// F12, F13, F14: `gc` with no grace period runs again and again while the
+/// agent snapshots changing data, its older snapshots are forgotten, and an
+/// incremental reuses chunks of forgotten snapshots. Every snapshot that
+/// commits restores identical, and at the end `verify --all` passes and the
+/// kept snapshots still restore identical.
+#[test]
+fn f12_f14_gc_concurrent_with_uploads_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let ctl = Controller::start(tmp.path());
+    let agent = ctl.enroll(tmp.path(), "web");
+    agent.add_dataset("www", &[&src], &[]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (runs, removed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let gc = {
+        let (stop, runs, removed) = (stop.clone(), runs.clone(), removed.clone());
+        let dir = ctl.dir.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let mut c = Command::new(pulih_e2e::bin("pulih-controller"));
+                c.args(["gc", "--grace", "0s", "--json", "--data-dir"]).arg(&dir);
+                let v = json(&ok(&mut c));
+                runs.fetch_add(1, Ordering::Relaxed);
+                removed.fetch_add(
+                    v["trees_removed"].as_u64().unwrap() + v["chunks_removed"].as_u64().unwrap(),
+                    Ordering::Relaxed,
+                );
+            }
+        })
+    };
+
+    let rounds = 12u64;
+    let mut kept: Vec<(String, Vec<String>)> = Vec::new();
+    let mut retries = 0;
+    for r in 0..rounds {
+        mutate(&src, r);
+        let expected = describe(&src, false);
+        let (id, failed) = snapshot_with_retries(&agent);
+        retries += failed;
+        assert_eq!(restore_describe(&ctl, tmp.path(), &id, &src, r as usize), expected, "round {r}");
+        kept.push((id, expected));
+        // Keep the last two; forget the rest (their data becomes garbage).
+        if kept.len() > 2 {
+            let (old, _) = kept.remove(0);
+            ok(&mut ctl.cmd(&["forget", &old]));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    gc.join().unwrap();
+    ok(&mut ctl.cmd(&["gc", "--grace", "0s"]));
+    let runs = runs.load(Ordering::Relaxed);
+    let removed = removed.load(Ordering::Relaxed);
+    eprintln!(
+        "{rounds} rounds, {runs} gc runs beside the uploads, {removed} blobs removed, {retries} snapshot retries"
+    );
+    assert!(runs >= rounds, "gc ran only {runs} times");
+    assert!(removed > 0, "nothing was ever collected");
+
+    let v = run(&mut ctl.cmd(&["verify", "--all"]));
+    assert!(v.status.success(), "verify: {}", String::from_utf8_lossy(&v.stdout));
+    assert_eq!(ctl.snapshots().len(), 2);
+    for (i, (id, expected)) in kept.iter().enumerate() {
+        assert_eq!(&restore_describe(&ctl, tmp.path(), id, &src, 100 + i), expected);
+    }
+}
+
+/// Replaces the [[retention]] tables of controller.toml.
+fn set_retention(ctl: &Controller, rules: &str) {
+    let path = ctl.dir.join("controller.toml");
+    let text = fs::read_to_string(&path).unwrap();
+    let head = text.split("[[retention]]").next().unwrap();
+    let head = head.rsplit_once("\n# Retensi").map_or(head, |(h, _)| h);
+    fs::write(&path, format!("{head}\n{rules}")).unwrap();
+}
+
+#[test]
+fn retention_dry_run_equals_the_real_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let ctl = Controller::start(tmp.path());
+    let web = ctl.enroll(tmp.path(), "web");
+    web.add_dataset("www", &[&src], &[]);
+    let mut ids = Vec::new();
+    for r in 0..5 {
+        mutate(&src, r);
+        ids.push(web.snapshot().id);
+    }
+    set_retention(&ctl, "[[retention]]\nagent = \"web\"\ndataset = \"*\"\nkeep_last = 2\nkeep_daily = 1\n");
+
+    let dry = json(&ok(&mut ctl.cmd(&["prune", "--dry-run", "--json"])));
+    let planned: Vec<String> =
+        dry["removed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    assert_eq!(planned.len(), 3, "{dry:#}");
+    assert_eq!(planned.iter().collect::<std::collections::HashSet<_>>(), ids[..3].iter().collect());
+    let decisions = dry["datasets"][0]["decisions"].as_array().unwrap();
+    let newest = &decisions[0];
+    assert_eq!(newest["id"], ids[4].as_str());
+    let reasons: Vec<&str> = newest["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    assert!(reasons.contains(&"last 2") && reasons.iter().any(|r| r.starts_with("daily ")), "{reasons:?}");
+    assert_eq!(decisions[2]["reasons"][0], "no rule keeps it");
+    assert_eq!(ctl.snapshots().len(), 5, "a dry run changes nothing");
+    let human = ok(&mut ctl.cmd(&["prune", "--dry-run"]));
+    assert!(human.contains("would be removed") && human.contains("no rule keeps it"), "{human}");
+
+    let real = json(&ok(&mut ctl.cmd(&["prune", "--json"])));
+    assert_eq!(real["removed"], dry["removed"], "the real run removes exactly what the dry run showed");
+    let left: Vec<String> = ctl.snapshots().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(left, ids[3..].to_vec());
+    assert!(real["gc"]["chunks_removed"].is_u64());
+    assert!(run(&mut ctl.cmd(&["verify", "--all"])).status.success());
+
+    // The only snapshot of a dataset survives any policy; `forget` removes it.
+    set_retention(&ctl, "[[retention]]\nagent = \"*\"\ndataset = \"*\"\nkeep_within = \"0s\"\n");
+    ok(&mut ctl.cmd(&["prune"]));
+    assert_eq!(ctl.snapshots().len(), 1);
+    ok(&mut ctl.cmd(&["forget", &ids[4]]));
+    assert!(ctl.snapshots().is_empty());
+}
+
+fn largest_file(dir: &Path) -> PathBuf {
+    let mut best: Option<(u64, PathBuf)> = None;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if best.as_ref().is_none_or(|b| m.len() > b.0) {
+                best = Some((m.len(), e.path()));
+            }
+        }
+    }
+    best.unwrap().1
+}
+
+fn flip_byte(p: &Path) {
+    let mut b = fs::read(p).unwrap();
+    let n = b.len() / 2;
+    b[n] ^= 0x01;
+    fs::write(p, b).unwrap();
+}
+
+/// F22: a flipped byte in a stored chunk is found by scrub (exit 2, naming
+/// the blob and the snapshot); `snapshots` and `verify` show the snapshot
+/// damaged; the agent's next snapshot resends the chunk and repairs it.
+#[test]
+fn f22_flipped_chunk_found_by_scrub_and_repaired_from_the_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let ctl = Controller::start(tmp.path());
+    let agent = ctl.enroll(tmp.path(), "web");
+    agent.add_dataset("www", &[&src], &[]);
+    mutate(&src, 0);
+    let first = agent.snapshot().id;
+    let clean = run(&mut ctl.cmd(&["scrub"]));
+    assert_eq!(clean.status.code(), Some(0), "{}", String::from_utf8_lossy(&clean.stderr));
+
+    let victim = largest_file(&ctl.dir.join("store/chunks"));
+    let blob = victim.file_name().unwrap().to_str().unwrap().to_owned();
+    flip_byte(&victim);
+    let out = run(&mut ctl.cmd(&["scrub", "--json", "--rate", "100MiB"]));
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(r["damage"][0]["id"], blob.as_str());
+    assert_eq!(r["damage"][0]["state"], "damaged");
+    assert_eq!(r["damage"][0]["snapshots"][0], first.as_str());
+    let human = String::from_utf8_lossy(&run(&mut ctl.cmd(&["scrub"])).stdout).into_owned();
+    assert!(human.contains(&blob) && human.contains(&first), "{human}");
+    assert_eq!(ctl.snapshots()[0]["state"], "damaged");
+    let v = run(&mut ctl.cmd(&["verify", "--all"]));
+    assert_eq!(v.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("MARKED DAMAGED"));
+
+    // Self-healing: the agent still has the content. Its next connection
+    // is told which chunk is damaged (ReportOk), finds it through the change
+    // cache and resends it first, so the snapshot commits at once instead of
+    // being refused and retried without the cache.
+    let out = ok(&mut agent.cmd(&["snapshot", "--json"]));
+    let o = json(out.lines().next().unwrap());
+    assert_eq!(o["attempts"], 1, "repaired before the commit: {o}");
+    assert_eq!(o["bytes_read"], 0, "nothing else was read: {o}");
+    let second = o["id"].as_str().unwrap().to_owned();
+    let damage = json(&ok(&mut ctl.cmd(&["damage", "--json"])));
+    assert_eq!(damage[0]["state"], "repaired", "{damage:#}");
+    let snaps = ctl.snapshots();
+    assert!(snaps.iter().all(|s| s["state"] == "ok"), "{snaps:#?}");
+    assert_eq!(run(&mut ctl.cmd(&["scrub"])).status.code(), Some(0));
+    assert!(run(&mut ctl.cmd(&["verify", "--all"])).status.success());
+    let dest = tmp.path().join("r");
+    assert!(ctl.restore(&first, Some(&src), &dest).status.success());
+    pulih_e2e::assert_same_tree(&src, &dest);
+    assert_ne!(first, second);
+}
+
+/// A damaged tree cannot be asked of an agent: scrub records it `lost` and
+/// its snapshot stays marked damaged (never silently good).
+#[test]
+fn unrepairable_tree_marks_its_snapshots_damaged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let ctl = Controller::start(tmp.path());
+    let agent = ctl.enroll(tmp.path(), "web");
+    agent.add_dataset("www", &[&src], &[]);
+    mutate(&src, 0);
+    let id = agent.snapshot().id;
+    let root = ctl.snapshots()[0]["root_tree"].as_str().unwrap().to_owned();
+    let path = ctl.dir.join("store/trees").join(&root[0..2]).join(&root[2..4]).join(&root);
+    flip_byte(&path);
+    let out = run(&mut ctl.cmd(&["scrub", "--json"]));
+    assert_eq!(out.status.code(), Some(2));
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!((r["damage"][0]["kind"].as_str(), r["damage"][0]["state"].as_str()), (Some("tree"), Some("lost")));
+    assert_eq!(r["damaged_snapshots"][0], id.as_str());
+    // Scrubbing again keeps it damaged.
+    assert_eq!(run(&mut ctl.cmd(&["scrub"])).status.code(), Some(2));
+    assert_eq!(ctl.snapshots()[0]["state"], "damaged");
+    assert_eq!(run(&mut ctl.cmd(&["verify", "--all"])).status.code(), Some(2));
+    // GC refuses to guess what an unreadable reachable tree references.
+    let gc = run(&mut ctl.cmd(&["gc", "--grace", "0s"]));
+    assert!(!gc.status.success());
+    assert!(String::from_utf8_lossy(&gc.stderr).contains("cannot be read"), "{}", String::from_utf8_lossy(&gc.stderr));
+}
+
+fn remove_catalog(dir: &Path) {
+    for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+        let _ = fs::remove_file(dir.join(f));
+    }
+}
+
+/// F7: with catalog.db lost, `rebuild-catalog` recovers every committed
+/// snapshot (same ids, roots and counts) and the agents' certificates
+/// (revoked ones stay revoked); verify passes and the agent connects again.
+#[test]
+fn f7_catalog_rebuilt_from_the_store_matches_the_original() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mut ctl = Controller::start(tmp.path());
+    let web = ctl.enroll(tmp.path(), "web");
+    web.add_dataset("www", &[&src], &[]);
+    let db = ctl.enroll(tmp.path(), "db");
+    db.add_dataset("dump", &[&src.join("sub")], &[]);
+    for r in 0..3 {
+        mutate(&src, r);
+        web.snapshot();
+        db.snapshot();
+    }
+    ok(&mut ctl.cmd(&["revoke-agent", "db"]));
+    let key = |s: &serde_json::Value| {
+        ["id", "agent", "dataset", "root_tree", "files", "bytes", "started_ns", "host", "parent"]
+            .map(|k| s[k].to_string())
+            .join(" ")
+    };
+    let before: Vec<String> = ctl.snapshots().iter().map(key).collect();
+    assert_eq!(before.len(), 6);
+
+    let refused = run(&mut ctl.cmd(&["rebuild-catalog"]));
+    assert!(!refused.status.success(), "must refuse while serve runs or a catalog exists");
+    assert!(ctl.stop());
+    let refused = run(&mut ctl.cmd(&["rebuild-catalog"]));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--force"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    remove_catalog(&ctl.dir);
+    let r = json(&ok(&mut ctl.cmd(&["rebuild-catalog", "--json"])));
+    assert_eq!(r["snapshots"], 6, "{r:#}");
+    assert!(r["damaged"].as_array().unwrap().is_empty());
+    let after: Vec<String> = ctl.snapshots().iter().map(key).collect();
+    assert_eq!(after, before);
+    assert!(run(&mut ctl.cmd(&["verify", "--all"])).status.success());
+    let agents = json(&ok(&mut ctl.cmd(&["agents", "--json"])));
+    let status = |n: &str| agents.as_array().unwrap().iter().find(|a| a["name"] == n).unwrap()["status"].clone();
+    assert_eq!((status("web"), status("db")), ("active".into(), "revoked".into()));
+
+    // --force moves the rebuilt catalog aside and rebuilds again.
+    let r = json(&ok(&mut ctl.cmd(&["rebuild-catalog", "--force", "--json"])));
+    assert!(Path::new(r["moved_aside"].as_str().unwrap()).exists());
+
+    ctl.serve();
+    mutate(&src, 9);
+    web.snapshot();
+    let refused = db.snapshot_raw();
+    assert!(!refused.status.success(), "a revoked agent must stay refused after a rebuild");
+    assert_eq!(ctl.snapshots().len(), 7);
+}
+
+/// F5: garbage collection on a full disk stops with a clear error or
+/// finishes, and either way every catalog row has its file and verify
+/// passes. Needs permission to mount a small tmpfs (skipped otherwise).
+#[test]
+fn f5_disk_full_during_gc_leaves_store_and_catalog_consistent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED f5_disk_full_during_gc: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let src = tmp.path().join("src");
+    let mut ctl = Controller::start(&mnt);
+    let agent = ctl.enroll(tmp.path(), "web");
+    agent.add_dataset("www", &[&src], &[]);
+    let mut ids = Vec::new();
+    for r in 0..4 {
+        mutate(&src, r);
+        ids.push(agent.snapshot().id);
+    }
+    ok(&mut ctl.cmd(&["forget", &ids[0], &ids[1]]));
+    ctl.stop();
+    // Fill the disk to the last byte.
+    let mut filler = fs::File::create(mnt.join("filler")).unwrap();
+    let block = vec![0x55u8; 64 * 1024];
+    use std::io::Write;
+    while filler.write_all(&block).is_ok() {}
+    let _ = filler.write_all(&block[..1]);
+    let full = filler.metadata().unwrap().len();
+    drop(filler);
+
+    // Give GC a little more room each time until it completes: the
+    // attempts fail at different steps (opening, mid-sweep) or succeed.
+    let mut failures = Vec::new();
+    for room_kib in [4u64, 16, 24, 32, 40, 48, 64, 128] {
+        fs::OpenOptions::new().write(true).open(mnt.join("filler")).unwrap().set_len(full - room_kib * 1024).unwrap();
+        let out = run(&mut ctl.cmd(&["gc", "--grace", "0s"]));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("gc with {room_kib} KiB free: {} {}", out.status, err.lines().last().unwrap_or(""));
+        if out.status.success() {
+            break;
+        }
+        assert!(err.contains("consistent") || err.contains("nothing changed"), "{err}");
+        failures.push(room_kib);
+    }
+    assert!(!failures.is_empty(), "the disk was never full enough to stop GC");
+    // Consistency whatever happened: every row has its file, verify passes.
+    fs::remove_file(mnt.join("filler")).unwrap();
+    let conn = rusqlite::Connection::open(ctl.dir.join("catalog.db")).unwrap();
+    let mut st = conn.prepare("SELECT kind, hex(id) FROM blobs").unwrap();
+    let rows: Vec<(i64, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, String>(1)?.to_lowercase())))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (kind, id) in &rows {
+        let dir = if *kind == 1 { "chunks" } else { "trees" };
+        let p = ctl.dir.join("store").join(dir).join(&id[0..2]).join(&id[2..4]).join(id);
+        assert!(
+            p.exists()
+                || ctl
+                    .dir
+                    .join("store/gc-trash")
+                    .join(format!("{}-{id}", if *kind == 1 { "chunk" } else { "tree" }))
+                    .exists(),
+            "row without file: {id}"
+        );
+    }
+    ok(&mut ctl.cmd(&["gc", "--grace", "0s"]));
+    assert!(run(&mut ctl.cmd(&["verify", "--all"])).status.success());
+    assert_eq!(ctl.snapshots().len(), 2);
+}

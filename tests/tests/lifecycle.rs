@@ -441,3 +441,33 @@ fn f5_disk_full_during_gc_leaves_store_and_catalog_consistent() {
     assert!(run(&mut ctl.cmd(&["verify", "--all"])).status.success());
     assert_eq!(ctl.snapshots().len(), 2);
 }
+
+/// The scrub scheduled inside `serve` (`[scrub] interval`) runs on its own
+/// connection, finds a flipped byte, marks the snapshot, and stops cleanly
+/// with the server.
+#[test]
+fn f22_scheduled_scrub_inside_serve_finds_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mut ctl = Controller::init(tmp.path());
+    let cfg = ctl.dir.join("controller.toml");
+    let text = fs::read_to_string(&cfg).unwrap().replace("interval = \"7d\"", "interval = \"1s\"");
+    fs::write(&cfg, text).unwrap();
+    ctl.serve();
+    let agent = ctl.enroll(tmp.path(), "web");
+    agent.add_dataset("www", &[&src], &[]);
+    mutate(&src, 0);
+    agent.snapshot();
+    flip_byte(&largest_file(&ctl.dir.join("store/chunks")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let damage = json(&ok(&mut ctl.cmd(&["damage", "--json"])));
+        if !damage.as_array().unwrap().is_empty() && ctl.snapshots()[0]["state"] == "damaged" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the scheduled scrub found nothing: {}", ctl.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(ctl.log().contains("scheduled scrub found damage"), "{}", ctl.log());
+    assert!(ctl.stop(), "serve must stop cleanly with its scrub thread");
+}

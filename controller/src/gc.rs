@@ -26,10 +26,13 @@
 //!   removed in topological order (a tree before every tree it references),
 //!   then candidate chunks. Each batch is one SQLite write transaction
 //!   taken with `BEGIN IMMEDIATE`, so sessions cannot touch or record blobs
-//!   while it decides. At the start of each tree batch, candidate trees that
-//!   were touched since the mark (an upload referenced an unchanged subtree,
-//!   or committed it as a root) are *rescued*: their closures are marked and
-//!   leave the candidate set. A row is deleted only with
+//!   while it decides. Inside each tree batch's transaction, before it
+//!   deletes, candidate trees that were touched since the mark (an upload
+//!   referenced an unchanged subtree, or committed it as a root) are
+//!   *rescued*: their closures are marked and leave the candidate set. A
+//!   touch takes its time after its own transaction got the write lock, so
+//!   each batch needs to look back only to the start of the previous one
+//!   (plus slack for a clock stepped back; index `blobs_by_touch`). A row is deleted only with
 //!   `touched_at < cutoff` re-checked in the `DELETE` itself.
 //! * **Commit.** If a GC run with `cutoff > first_touch` ran while the
 //!   session was relying on blobs (a writer stalled longer than the grace
@@ -95,6 +98,8 @@ use crate::store::{BlobKind, BlobRef, Store};
 pub const DEFAULT_GRACE_SECS: i64 = 24 * 3600;
 /// Blobs removed per transaction.
 const BATCH: usize = 1000;
+/// Seconds a rescue scan looks back before the previous batch started.
+const RESCUE_SLACK_SECS: i64 = 120;
 /// Directory (under the store) of files being removed.
 pub const TRASH_DIR: &str = "gc-trash";
 
@@ -336,19 +341,29 @@ fn run_inner(
     fs::create_dir_all(store.root().join(TRASH_DIR))
         .map_err(|source| GcError::Io { path: store.root().join(TRASH_DIR), source })?;
     let mut pending: HashSet<[u8; 32]> = cand_trees.iter().map(|c| c.0.id).collect();
+    // Touches are written with the time taken after their transaction got
+    // the write lock, so one committed after batch k's transaction carries a
+    // time no earlier than batch k's start: batch k+1 looks back that far
+    // (with slack for a clock stepped back a little).
+    let mut scan_from = cutoff;
     for batch in cand_trees.chunks(BATCH) {
-        // Rescue candidate trees an upload touched since the mark.
-        let touched: Vec<[u8; 32]> =
-            cat.trees_touched_since(cutoff)?.into_iter().filter(|t| pending.contains(t)).collect();
-        for t in touched {
-            for newly in mark.tree(t, "an upload in progress")? {
-                if pending.remove(&newly) {
-                    report.rescued_trees += 1;
+        let mut rescue = |tx: &rusqlite::Transaction<'_>| -> Result<Vec<(BlobRef, u64)>, GcError> {
+            let scan_start = now_secs();
+            // Under this batch's write lock: candidate trees an upload
+            // touched since the mark keep their closures.
+            let touched: Vec<[u8; 32]> =
+                Catalog::trees_touched_since_in(tx, scan_from)?.into_iter().filter(|t| pending.contains(t)).collect();
+            for t in touched {
+                for newly in mark.tree(t, "an upload in progress")? {
+                    if pending.remove(&newly) {
+                        report.rescued_trees += 1;
+                    }
                 }
             }
-        }
-        let todo: Vec<(BlobRef, u64)> = batch.iter().filter(|c| !mark.contains(&c.0)).copied().collect();
-        let (n, bytes) = sweep(store, cat, &todo, cutoff)?;
+            scan_from = (scan_start - RESCUE_SLACK_SECS).max(cutoff);
+            Ok(batch.iter().filter(|c| !mark.contains(&c.0)).copied().collect())
+        };
+        let (n, bytes) = sweep(store, cat, cutoff, &mut rescue)?;
         for c in batch {
             pending.remove(&c.0.id);
         }
@@ -357,7 +372,10 @@ fn run_inner(
     }
     for batch in cand_chunks.chunks(BATCH) {
         let todo: Vec<(BlobRef, u64)> = batch.iter().filter(|c| !mark.contains(&c.0)).copied().collect();
-        let (n, bytes) = sweep(store, cat, &todo, cutoff)?;
+        if todo.is_empty() {
+            continue;
+        }
+        let (n, bytes) = sweep(store, cat, cutoff, &mut |_| Ok(todo.clone()))?;
         report.chunks_removed += n;
         report.bytes_removed += bytes;
     }
@@ -467,23 +485,24 @@ fn topological(store: &Store, trees: Vec<(BlobRef, u64)>) -> Vec<(BlobRef, u64)>
     post.into_iter().rev().map(|i| trees[i]).collect()
 }
 
+/// Picks, inside a batch's transaction, the blobs (with stored size) to remove.
+type Choose<'a> = dyn FnMut(&rusqlite::Transaction<'_>) -> Result<Vec<(BlobRef, u64)>, GcError> + 'a;
+
 /// Removes one batch: rows deleted and files moved to the trash in one
-/// write transaction, trash emptied after the commit.
-fn sweep(store: &Store, cat: &mut Catalog, todo: &[(BlobRef, u64)], cutoff: i64) -> Result<(u64, u64), GcError> {
-    if todo.is_empty() {
-        return Ok((0, 0));
-    }
+/// write transaction, trash emptied after the commit. `choose` runs first
+/// inside the transaction and returns the blobs to remove.
+fn sweep(store: &Store, cat: &mut Catalog, cutoff: i64, choose: &mut Choose<'_>) -> Result<(u64, u64), GcError> {
     let mut moved: Vec<(BlobRef, u64)> = Vec::new();
     let res = (|| -> Result<(), GcError> {
         let tx = cat.immediate()?;
-        for (b, len) in todo {
-            if !Catalog::sweep_blob(&tx, b, cutoff)? {
+        for (b, len) in choose(&tx)? {
+            if !Catalog::sweep_blob(&tx, &b, cutoff)? {
                 continue;
             }
-            let from = store.blob_path(b);
-            match fs::rename(&from, trash_path(store, b)) {
-                Ok(()) => moved.push((*b, *len)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => moved.push((*b, 0)),
+            let from = store.blob_path(&b);
+            match fs::rename(&from, trash_path(store, &b)) {
+                Ok(()) => moved.push((b, len)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => moved.push((b, 0)),
                 Err(source) => return Err(GcError::Io { path: from, source }),
             }
         }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod datadir;
 pub mod framed;
 pub mod gc;
+pub mod lifecycle;
 pub mod pki;
 pub mod reader;
 pub mod rebuild;

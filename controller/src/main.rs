@@ -14,7 +14,7 @@ use pulih_controller::datadir::DataDir;
 use pulih_controller::pki::Ca;
 use pulih_controller::server::{self, Limits, Server};
 use pulih_controller::verify::Verifier;
-use pulih_controller::{gc, pki, rebuild, restore, retention, scrub};
+use pulih_controller::{gc, lifecycle, pki, rebuild, restore, scrub};
 use pulih_core::out;
 use pulih_core::{AgentName, TreeId};
 use tokio_util::sync::CancellationToken;
@@ -453,17 +453,8 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Cmd::Forget { dir, snapshots, json } => {
             let dd = DataDir::new(&dir.data_dir);
-            let mut cat = dd.catalog()?;
-            let ids = snapshots
-                .iter()
-                .map(|s| {
-                    if s == "latest" {
-                        bail!("forget needs snapshot ids, not 'latest'");
-                    }
-                    Ok(cat.resolve_snapshot(s, None, None)?.id)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let rows = retention::forget(&mut cat, &dd.store()?, &ids)?;
+            let rows = lifecycle::forget(&dd, &snapshots)?;
+            let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
             if json {
                 out!("{}", serde_json::json!({ "forgotten": ids }));
             } else {
@@ -475,30 +466,12 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Cmd::Prune { dir, dry_run, agent, dataset, no_gc, json } => {
             let dd = DataDir::new(&dir.data_dir);
-            let cfg = dd.config()?;
-            let mut cat = dd.catalog()?;
-            let plans = retention::plan_all(
-                &cat,
-                &cfg.retention,
-                cfg.utc_offset(),
-                pulih_core::now_ns(),
-                agent.as_deref(),
-                dataset.as_deref(),
-            )?;
-            let remove = retention::removals(&plans);
-            if !dry_run && !remove.is_empty() {
-                retention::forget(&mut cat, &dd.store()?, &remove)?;
-            }
-            let gc_report = if dry_run || no_gc { None } else { Some(run_gc(&dd, &cfg, None, false)?) };
+            let outcome = lifecycle::prune(&dd, dry_run, agent.as_deref(), dataset.as_deref(), !no_gc)?;
+            let (plans, remove, gc_report) = (&outcome.datasets, &outcome.removed, &outcome.gc);
             if json {
-                out!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"dry_run": dry_run, "datasets": plans, "removed": remove, "gc": gc_report})
-                    )?
-                );
+                out!("{}", serde_json::to_string_pretty(&outcome)?);
             } else {
-                for p in &plans {
+                for p in plans {
                     let rule = p.rule.map_or("no [[retention]] matches: keep all".to_string(), |i| {
                         format!("[[retention]] #{}", i + 1)
                     });
@@ -515,15 +488,19 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 }
                 let verb = if dry_run { "would be removed (dry run)" } else { "removed" };
                 out!("{} snapshot(s) {verb}", remove.len());
-                if let Some(g) = &gc_report {
+                if let Some(g) = gc_report {
                     print_gc(g);
                 }
             }
         }
         Cmd::Gc { dir, dry_run, grace, json } => {
             let dd = DataDir::new(&dir.data_dir);
-            let cfg = dd.config()?;
-            let report = run_gc(&dd, &cfg, grace.as_deref(), dry_run)?;
+            let grace = grace
+                .as_deref()
+                .map(pulih_controller::units::parse_duration)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let report = lifecycle::collect(&dd, grace, dry_run)?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -534,9 +511,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let dd = DataDir::new(&dir.data_dir);
             let rate =
                 rate.as_deref().map(pulih_controller::units::parse_size).transpose().map_err(anyhow::Error::msg)?;
-            let store = dd.store()?;
-            let mut cat = dd.catalog()?;
-            let report = scrub::scrub(&store, &mut cat, rate, &|| false)?;
+            let report = lifecycle::scrub(&dd, rate)?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -609,29 +584,6 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn run_gc(
-    dd: &DataDir,
-    cfg: &pulih_controller::config::ControllerConfig,
-    grace: Option<&str>,
-    dry_run: bool,
-) -> Result<gc::GcReport> {
-    let grace_secs = match grace {
-        Some(g) => pulih_controller::units::parse_duration(g).map_err(anyhow::Error::msg)?,
-        None => cfg.gc_grace_secs(),
-    };
-    let _lock = dd.lock_for_gc()?;
-    let store = dd.store()?;
-    let mut cat = dd.catalog().context("garbage collection did not start (nothing changed)")?;
-    let report = gc::collect(&store, &mut cat, &gc::GcOptions { grace_secs, dry_run }).map_err(|e| {
-        if e.is_disk_full() {
-            anyhow::anyhow!("garbage collection stopped, the disk is full; nothing was lost (store and catalog are consistent): {e}")
-        } else {
-            anyhow::anyhow!("garbage collection stopped; store and catalog are consistent: {e}")
-        }
-    })?;
-    Ok(report)
 }
 
 fn print_gc(r: &gc::GcReport) {

@@ -376,3 +376,36 @@ pub fn refresh_damaged_snapshots(store: &Store, cat: &mut Catalog) -> Result<usi
     cat.set_snapshot_states(&ids, &still)?;
     Ok(ids.len() - still.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rate limit holds: 2 MiB at 4 MiB/s takes at least ~0.5 s.
+    #[test]
+    fn rate_limit_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("s")).unwrap();
+        let mut cat = Catalog::create(&dir.path().join("c.db"), "drc").unwrap();
+        let mut blobs = Vec::new();
+        for i in 0..4u64 {
+            // Incompressible data, so the stored size is about 512 KiB.
+            let data = crate::gc::tests_support::bytes(i + 1, 512 * 1024);
+            let id = ChunkId::of(&data);
+            let frame = codec::compress(&data, 1);
+            store.put_unsynced(&BlobRef::chunk(&id), &frame).unwrap();
+            blobs.push((BlobRef::chunk(&id), data.len() as u64, frame.len() as u64));
+        }
+        let tx = cat.transaction().unwrap();
+        Catalog::record_blobs(&tx, 1, &blobs).unwrap();
+        tx.commit().unwrap();
+        let started = Instant::now();
+        let r = scrub(&store, &mut cat, Some(4 << 20), &|| false).unwrap();
+        assert_eq!(r.blobs_checked, 4);
+        assert!(r.damage.is_empty());
+        assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+        // Cancelled between blobs.
+        assert!(matches!(scrub(&store, &mut cat, None, &|| true), Err(ScrubError::Cancelled)));
+        assert_eq!(cat.scrub_runs(5).unwrap()[0].outcome, "failed");
+    }
+}

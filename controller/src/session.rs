@@ -374,7 +374,10 @@ impl UploadSession {
             // damaged (the agent reused it from its change cache): refuse,
             // so the agent retries without its cache, sends the content
             // again and so repairs it (F15, F22).
-            let bad = cat.damaged_blobs()?;
+            // Only the agent's own blobs can be in its closure (it may
+            // reference only what it owns), so without damage among them
+            // the walk is skipped.
+            let bad = if cat.agent_owns_damage(self.agent_id)? { cat.damaged_blobs()? } else { HashSet::new() };
             if !bad.is_empty() {
                 let hit = crate::scrub::damaged_reached(&self.backend.store, &bad, &record.root);
                 if let Some(first) = hit.first() {

@@ -85,15 +85,33 @@ fn f12_f14_gc_concurrent_with_uploads_loses_nothing() {
         })
     };
 
+    // A second agent snapshots the same data at the same time: the store
+    // shares its blobs physically, so its uploads find blobs "already
+    // stored" that the first agent's forgotten snapshots left for GC.
+    let db = ctl.enroll(tmp.path(), "db");
+    db.add_dataset("mirror", &[&src], &[]);
+
     let rounds = 12u64;
     let mut kept: Vec<(String, Vec<String>)> = Vec::new();
     let mut retries = 0;
     for r in 0..rounds {
         mutate(&src, r);
         let expected = describe(&src, false);
-        let (id, failed) = snapshot_with_retries(&agent);
-        retries += failed;
+        let ((id, failed), (db_id, db_failed)) = std::thread::scope(|s| {
+            let other = s.spawn(|| snapshot_with_retries(&db));
+            let mine = snapshot_with_retries(&agent);
+            (mine, other.join().unwrap())
+        });
+        retries += failed + db_failed;
         assert_eq!(restore_describe(&ctl, tmp.path(), &id, &src, r as usize), expected, "round {r}");
+        assert_eq!(restore_describe(&ctl, tmp.path(), &db_id, &src, 1000 + r as usize), expected, "round {r} (db)");
+        // The second agent keeps only its latest snapshot.
+        if r > 0 {
+            let all = ctl.snapshots();
+            for s in all.iter().filter(|s| s["agent"] == "db" && s["id"] != db_id.as_str()) {
+                ok(&mut ctl.cmd(&["forget", s["id"].as_str().unwrap()]));
+            }
+        }
         kept.push((id, expected));
         // Keep the last two; forget the rest (their data becomes garbage).
         if kept.len() > 2 {
@@ -114,7 +132,7 @@ fn f12_f14_gc_concurrent_with_uploads_loses_nothing() {
 
     let v = run(&mut ctl.cmd(&["verify", "--all"]));
     assert!(v.status.success(), "verify: {}", String::from_utf8_lossy(&v.stdout));
-    assert_eq!(ctl.snapshots().len(), 2);
+    assert_eq!(ctl.snapshots().len(), 3);
     for (i, (id, expected)) in kept.iter().enumerate() {
         assert_eq!(&restore_describe(&ctl, tmp.path(), id, &src, 100 + i), expected);
     }
@@ -428,4 +446,34 @@ fn f5_disk_full_during_gc_leaves_store_and_catalog_consistent() {
     ok(&mut ctl.cmd(&["gc", "--grace", "0s"]));
     assert!(run(&mut ctl.cmd(&["verify", "--all"])).status.success());
     assert_eq!(ctl.snapshots().len(), 2);
+}
+
+/// The scrub scheduled inside `serve` (`[scrub] interval`) runs on its own
+/// connection, finds a flipped byte, marks the snapshot, and stops cleanly
+/// with the server.
+#[test]
+fn f22_scheduled_scrub_inside_serve_finds_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mut ctl = Controller::init(tmp.path());
+    let cfg = ctl.dir.join("controller.toml");
+    let text = fs::read_to_string(&cfg).unwrap().replace("interval = \"7d\"", "interval = \"1s\"");
+    fs::write(&cfg, text).unwrap();
+    ctl.serve();
+    let agent = ctl.enroll(tmp.path(), "web");
+    agent.add_dataset("www", &[&src], &[]);
+    mutate(&src, 0);
+    agent.snapshot();
+    flip_byte(&largest_file(&ctl.dir.join("store/chunks")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let damage = json(&ok(&mut ctl.cmd(&["damage", "--json"])));
+        if !damage.as_array().unwrap().is_empty() && ctl.snapshots()[0]["state"] == "damaged" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the scheduled scrub found nothing: {}", ctl.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(ctl.log().contains("scheduled scrub found damage"), "{}", ctl.log());
+    assert!(ctl.stop(), "serve must stop cleanly with its scrub thread");
 }

@@ -174,10 +174,15 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Trees relied on at or after `cutoff` (their closures are kept).
-    pub fn trees_touched_since(&self, cutoff: i64) -> Result<Vec<[u8; 32]>, CatalogError> {
-        let mut st = self.conn.prepare("SELECT id FROM blobs WHERE kind = 2 AND touched_at >= ?1")?;
-        let rows = st.query_map([cutoff], |r| r.get::<_, Vec<u8>>(0))?;
+    /// Trees relied on at or after `since` (their closures are kept).
+    pub fn trees_touched_since(&self, since: i64) -> Result<Vec<[u8; 32]>, CatalogError> {
+        Self::trees_touched_since_in(&self.conn, since)
+    }
+
+    /// [`Catalog::trees_touched_since`] in the caller's transaction.
+    pub fn trees_touched_since_in(conn: &rusqlite::Connection, since: i64) -> Result<Vec<[u8; 32]>, CatalogError> {
+        let mut st = conn.prepare_cached("SELECT id FROM blobs WHERE kind = 2 AND touched_at >= ?1")?;
+        let rows = st.query_map([since], |r| r.get::<_, Vec<u8>>(0))?;
         let mut out = Vec::new();
         for r in rows {
             if let Ok(id) = <[u8; 32]>::try_from(r?) {
@@ -297,6 +302,17 @@ impl Catalog {
             .conn
             .prepare_cached("SELECT 1 FROM blob_damage WHERE kind = ?1 AND id = ?2 AND state != 'repaired'")?
             .exists(params![blob.kind.code(), &blob.id[..]])?)
+    }
+
+    /// Whether an agent owns a blob that is damaged or lost now.
+    pub fn agent_owns_damage(&self, agent_id: i64) -> Result<bool, CatalogError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM blob_damage d JOIN agent_blobs a ON a.kind = d.kind AND a.id = d.id
+                 WHERE a.agent_id = ?1 AND d.state != 'repaired' LIMIT 1",
+            )?
+            .exists([agent_id])?)
     }
 
     /// Every blob currently damaged or lost.

@@ -99,6 +99,7 @@ ALTER TABLE datasets ADD COLUMN reported_at INTEGER;
 const LIFECYCLE: &str = r#"
 ALTER TABLE blobs ADD COLUMN touched_at INTEGER NOT NULL DEFAULT 0;
 UPDATE blobs SET touched_at = stored_at;
+CREATE INDEX blobs_by_touch ON blobs (kind, touched_at);
 ALTER TABLE snapshots ADD COLUMN state TEXT NOT NULL DEFAULT 'ok' CHECK (state IN ('ok', 'damaged'));
 CREATE TABLE blob_damage (
     kind        INTEGER NOT NULL CHECK (kind IN (1, 2)),

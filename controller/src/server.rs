@@ -381,6 +381,11 @@ impl Server {
             .sign_agent(&csr_der, &name, AGENT_DAYS)
             .map_err(|e| SessionError::new(ErrorCode::Protocol, format!("{e:#}")))?;
         let info = tls::cert_info(&cert).map_err(|e| SessionError::new(ErrorCode::Protocol, e.to_string()))?;
+        if let Some(pki) = &self.pki {
+            // As at enrollment: a rebuilt catalog restores it from this file.
+            crate::pki::record_issued(pki, &cert)
+                .map_err(|e| SessionError::new(ErrorCode::Storage, format!("recording the certificate: {e:#}")))?;
+        }
         self.backend.catalog.lock().unwrap_or_else(|e| e.into_inner()).add_certificate(
             agent_id,
             &Fingerprint::of(&cert),

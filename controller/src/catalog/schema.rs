@@ -13,7 +13,7 @@ use super::CatalogError;
 /// Schema version written by this build.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Version 1: agents, certificates, enrollment tokens, blobs, datasets, snapshots.
 const V1: &str = r#"
@@ -91,6 +91,35 @@ const V2: &str = r#"
 ALTER TABLE datasets ADD COLUMN rpo_target_secs INTEGER;
 ALTER TABLE datasets ADD COLUMN schedule TEXT;
 ALTER TABLE datasets ADD COLUMN reported_at INTEGER;
+"#;
+
+/// Version 3: API tokens bound to roles and the hash-chained audit log
+/// (issue 4). Only a token's blake3 hash is stored. The audit chain's head
+/// (last seq and hash) is also kept in `meta`, updated in the same
+/// transaction as each row, so deleting the newest rows is detected.
+const V3: &str = r#"
+CREATE TABLE api_tokens (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    role         TEXT NOT NULL CHECK (role IN ('admin', 'coordinator', 'auditor')),
+    token_hash   TEXT NOT NULL UNIQUE,
+    created_at   INTEGER NOT NULL,
+    created_by   TEXT NOT NULL,
+    expires_at   INTEGER,
+    revoked_at   INTEGER,
+    last_used_at INTEGER
+);
+CREATE TABLE audit_log (
+    seq       INTEGER PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    target    TEXT NOT NULL,
+    detail    TEXT NOT NULL,
+    result    TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
 "#;
 
 /// Brings a catalog at version `from` up to [`SCHEMA_VERSION`].

@@ -124,7 +124,8 @@ pub async fn verify(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> Api<VerifyResult> {
-    if req.all == !req.snapshots.is_empty() {
+    // Both or neither.
+    if req.all != req.snapshots.is_empty() {
         return Err(ApiError::invalid("give either \"snapshots\": [ids] or \"all\": true"));
     }
     if req.snapshots.len() > MAX_VERIFY_IDS {

@@ -180,25 +180,19 @@ impl Catalog {
     /// Checks a presented bearer token; a valid one has its `last_used_at`
     /// refreshed (at most once a minute, to spare the disk).
     pub fn authenticate(&self, token: &str) -> Result<TokenAuth, CatalogError> {
-        let found: Option<(String, String, Option<i64>, Option<i64>, Option<i64>)> = self
-            .conn
-            .query_row(
-                "SELECT name, role, expires_at, revoked_at, last_used_at FROM api_tokens WHERE token_hash = ?1",
-                [hash_secret(token)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .optional()?;
+        let found =
+            self.conn.query_row(&format!("{SELECT} WHERE token_hash = ?1"), [hash_secret(token)], row).optional()?;
         let now = now_secs();
         Ok(match found {
             None => TokenAuth::Unknown,
-            Some((name, _, _, Some(_), _)) => TokenAuth::Revoked { name },
-            Some((name, _, Some(exp), None, _)) if exp <= now => TokenAuth::Expired { name },
-            Some((name, role, _, None, used)) => {
-                if used.is_none_or(|u| now - u >= 60) {
-                    self.conn.execute("UPDATE api_tokens SET last_used_at = ?1 WHERE name = ?2", params![now, name])?;
+            Some(t) if t.revoked_at.is_some() => TokenAuth::Revoked { name: t.name },
+            Some(t) if t.expires_at.is_some_and(|e| e <= now) => TokenAuth::Expired { name: t.name },
+            Some(t) => {
+                if t.last_used_at.is_none_or(|u| now - u >= 60) {
+                    self.conn
+                        .execute("UPDATE api_tokens SET last_used_at = ?1 WHERE name = ?2", params![now, t.name])?;
                 }
-                let role = role.parse().map_err(CatalogError::Invalid)?;
-                TokenAuth::Valid { name, role }
+                TokenAuth::Valid { name: t.name, role: t.role }
             }
         })
     }

@@ -23,6 +23,8 @@ pub struct ControllerConfig {
     pub gc: GcSection,
     #[serde(default)]
     pub scrub: ScrubSection,
+    #[serde(default)]
+    pub api: ApiSection,
 }
 
 /// `[gc]`: garbage collection.
@@ -108,6 +110,29 @@ impl Default for EnrollSection {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// Address of the HTTPS API (and `/metrics`), IP:PORT. Loopback by
+    /// default: open it to the coordinators' network deliberately.
+    pub listen: String,
+    /// Serve Prometheus metrics at `/metrics` without a token.
+    pub metrics: bool,
+    /// Failed authentications a client address may make per minute before
+    /// it gets 429 for the rest of that minute.
+    pub auth_failures_per_minute: u32,
+}
+
+/// Default address of the API. Not 7443: the agent listener's default
+/// binds 0.0.0.0:7443, which also holds 127.0.0.1:7443.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7444";
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self { listen: DEFAULT_API_LISTEN.into(), metrics: true, auth_failures_per_minute: 10 }
+    }
+}
+
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
 
@@ -156,6 +181,17 @@ impl ControllerConfig {
         if self.limits.checkpoint_mib == 0 {
             problems.push("limits.checkpoint_mib must be at least 1".into());
         }
+        if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("api.listen = {:?} is not IP:PORT", self.api.listen));
+        } else if self.api.listen == self.controller.listen {
+            problems.push(format!(
+                "api.listen and controller.listen are both {}; give the API its own port",
+                self.api.listen
+            ));
+        }
+        if self.api.auth_failures_per_minute == 0 {
+            problems.push("api.auth_failures_per_minute must be at least 1".into());
+        }
         if self.enroll.token_ttl_hours == 0 {
             problems.push("enroll.token_ttl_hours must be at least 1".into());
         }
@@ -189,7 +225,7 @@ impl ControllerConfig {
 }
 
 /// The commented file `init` writes.
-pub fn template(name: &str, listen: &str) -> String {
+pub fn template(name: &str, listen: &str, api_listen: &str) -> String {
     format!(
         r#"# Konfigurasi pengendali Pulih / Pulih controller configuration.
 # Kunci yang tidak dikenal ditolak / unknown keys are rejected.
@@ -217,6 +253,17 @@ checkpoint_mib = 64
 [enroll]
 # Masa berlaku token pendaftaran, jam / hours an enrollment token stays valid.
 token_ttl_hours = 24
+
+[api]
+# Alamat API HTTPS untuk pulihctl dan /metrics (IP:PORT), memakai sertifikat pengendali.
+# Address of the HTTPS API for pulihctl and /metrics (IP:PORT), with the controller's certificate.
+listen = "{api_listen}"
+# Sajikan metrik Prometheus di /metrics tanpa token (hanya angka, tanpa data cadangan).
+# Serve Prometheus metrics at /metrics without a token (numbers only, no backup data).
+metrics = true
+# Kegagalan autentikasi per menit per alamat klien sebelum ditolak dengan 429.
+# Failed authentications per minute per client address before it gets 429.
+auth_failures_per_minute = 10
 
 [gc]
 # Lama blob dipertahankan setelah terakhir dipakai unggahan (agar unggahan terputus bisa dilanjutkan)
@@ -276,12 +323,12 @@ mod tests {
 
     #[test]
     fn template_parses_and_unknown_keys_are_named() {
-        let cfg: ControllerConfig = toml::from_str(&template("drc", DEFAULT_LISTEN)).unwrap();
+        let cfg: ControllerConfig = toml::from_str(&template("drc", DEFAULT_LISTEN, DEFAULT_API_LISTEN)).unwrap();
         cfg.validate().unwrap();
-        let bad = template("drc", DEFAULT_LISTEN).replace("max_connections", "max_conections");
+        let bad = template("drc", DEFAULT_LISTEN, DEFAULT_API_LISTEN).replace("max_connections", "max_conections");
         let err = toml::from_str::<ControllerConfig>(&bad).unwrap_err().to_string();
         assert!(err.contains("max_conections"), "{err}");
-        let bad = template("drc", "nowhere");
+        let bad = template("drc", "nowhere", DEFAULT_API_LISTEN);
         let cfg: ControllerConfig = toml::from_str(&bad).unwrap();
         assert!(cfg.validate().unwrap_err().to_string().contains("controller.listen"));
     }

@@ -40,7 +40,7 @@ impl DataDir {
     }
 
     /// Creates a new data directory; refuses one that has content.
-    pub fn init(&self, name: &str, listen: &str, names: &[String]) -> Result<()> {
+    pub fn init(&self, name: &str, listen: &str, api_listen: &str, names: &[String]) -> Result<()> {
         if let Ok(mut it) = std::fs::read_dir(&self.root) {
             if it.next().is_some() {
                 bail!(
@@ -52,13 +52,15 @@ impl DataDir {
         std::fs::create_dir_all(&self.root).with_context(|| format!("creating {}", self.root.display()))?;
         // Backup data of every agency: readable by the controller's user only.
         std::fs::set_permissions(&self.root, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        let cfg = config::template(name, listen);
+        let cfg = config::template(name, listen, api_listen);
         let parsed: ControllerConfig = toml::from_str(&cfg)?;
         parsed.validate()?;
         pki::create(&self.pki(), name, names)?;
         Store::create(&self.store_path()).context("creating the store")?;
-        Catalog::create(&self.catalog_path(), name).context("creating the catalog")?;
-        std::fs::write(self.config_path(), cfg)?;
+        let mut cat = Catalog::create(&self.catalog_path(), name).context("creating the catalog")?;
+        std::fs::write(self.config_path(), &cfg)?;
+        // The first configuration is the baseline `serve` compares with.
+        cat.note_config(&crate::catalog::actor_local(), &blake3::hash(cfg.as_bytes()).to_hex(), "controller.toml")?;
         Ok(())
     }
 

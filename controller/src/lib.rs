@@ -4,14 +4,18 @@
 //! ([`server`], [`session`]), verifies every byte before storing it in a
 //! content-addressed [`store`], records what is durable and committed in the
 //! [`catalog`], and restores ([`restore`]) and verifies ([`verify`]) what it
-//! holds. Its CA ([`pki`]) enrolls agents.
+//! holds. Its CA ([`pki`]) enrolls agents. Coordinators, auditors and
+//! admins work over the HTTPS [`api`] (`pulihctl`); every state change goes
+//! to the hash-chained audit log ([`catalog`]); [`metrics`] feeds Prometheus.
 
+pub mod api;
 pub mod catalog;
 pub mod config;
 pub mod datadir;
 pub mod framed;
 pub mod gc;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pki;
 pub mod reader;
 pub mod rebuild;

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use pulih_controller::catalog::now_secs;
-use pulih_controller::config::DEFAULT_LISTEN;
+use pulih_controller::api::{self, ApiState, FailureLimiter};
+use pulih_controller::catalog::{actor_local, now_secs, NewAudit, Role};
+use pulih_controller::config::{DEFAULT_API_LISTEN, DEFAULT_LISTEN};
 use pulih_controller::datadir::DataDir;
+use pulih_controller::metrics::Metrics;
 use pulih_controller::pki::Ca;
 use pulih_controller::server::{self, Limits, Server};
 use pulih_controller::verify::Verifier;
@@ -44,6 +46,9 @@ enum Cmd {
         /// Address agents connect to (IP:PORT).
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: String,
+        /// Address of the HTTPS API for pulihctl and metrics (IP:PORT).
+        #[arg(long, default_value = DEFAULT_API_LISTEN)]
+        api_listen: String,
         /// DNS names or IP addresses of this controller for its certificate
         /// (127.0.0.1 and localhost are always included). Repeatable.
         #[arg(long = "name")]
@@ -75,6 +80,11 @@ enum Cmd {
         name: String,
         #[command(flatten)]
         dir: DataDirArg,
+    },
+    /// Manage API tokens on this host (how the first admin token is made).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
     },
     /// List enrolled agents.
     Agents {
@@ -202,6 +212,43 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token bound to a role; it is printed once and only its hash is kept.
+    Create {
+        /// Name of the token (who holds it), e.g. alice or prometheus.
+        #[arg(long)]
+        name: String,
+        /// admin (everything), coordinator (verify, restore, drills + read) or auditor (read-only).
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Days until the token expires (default: never).
+        #[arg(long)]
+        expires: Option<u32>,
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token; it is refused from its next request on.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PULIH_LOG").unwrap_or_else(|_| "info".into()))
@@ -220,9 +267,9 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
     match cli.cmd {
-        Cmd::Init { dir, listen, names, controller_name } => {
+        Cmd::Init { dir, listen, api_listen, names, controller_name } => {
             let dd = DataDir::new(&dir.data_dir);
-            dd.init(&controller_name, &listen, &names)?;
+            dd.init(&controller_name, &listen, &api_listen, &names)?;
             let ca = Ca::load(&dd.pki())?;
             out!("Data directory created: {}", dd.root.display());
             out!("CA fingerprint: {}", ca.fingerprint());
@@ -238,9 +285,27 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             if removed > 0 {
                 tracing::info!(files = removed, "removed leftovers of interrupted uploads");
             }
-            let backend = server::open_backend(store, dd.catalog()?, cfg.limits.checkpoint_mib * 1024 * 1024);
+            let mut catalog = dd.catalog()?;
+            let cfg_bytes = std::fs::read(dd.config_path())?;
+            if catalog.note_config(
+                &actor_local(),
+                &blake3::hash(&cfg_bytes).to_hex(),
+                &dd.config_path().display().to_string(),
+            )? {
+                tracing::info!(path = %dd.config_path().display(), "configuration changed since the last start (audited)");
+            }
+            let backend = server::open_backend(store, catalog, cfg.limits.checkpoint_mib * 1024 * 1024);
             let ca = Ca::load(&dd.pki())?;
             let (chain, key) = pki::load_server(&dd.pki())?;
+            let api_tls = Arc::new(api::tls_config(chain.clone(), key.clone_key())?);
+            let api_state = Arc::new(ApiState {
+                backend: backend.clone(),
+                ca_fingerprint: ca.fingerprint().to_string(),
+                enroll_ttl_hours: cfg.enroll.token_ttl_hours,
+                metrics: Arc::new(Metrics::new()),
+                limiter: FailureLimiter::new(cfg.api.auth_failures_per_minute),
+            });
+            let router = api::router(api_state, cfg.api.metrics);
             let limits = Limits {
                 max_connections: cfg.limits.max_connections,
                 handshake_timeout: Duration::from_secs(cfg.limits.handshake_timeout_secs),
@@ -258,9 +323,11 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 let (store_root, catalog_path, stop) = (dd.store_path(), dd.catalog_path(), stop_scrub.clone());
                 std::thread::spawn(move || scrub::run_scheduled(&store_root, &catalog_path, interval, rate, &stop))
             });
+            let api_addr = cfg.api.listen.clone();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let served = rt.block_on(async move {
                 let listener = server::bind(&addr).await?;
+                let api_listener = server::bind(&api_addr).await.context("the API listener ([api] listen)")?;
                 let shutdown = CancellationToken::new();
                 let sig = shutdown.clone();
                 tokio::spawn(async move {
@@ -274,7 +341,13 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     tracing::info!("shutting down");
                     sig.cancel();
                 });
-                server.run(listener, shutdown).await
+                let api_stop = shutdown.clone();
+                let api = tokio::spawn(api::serve(api_listener, api_tls, router, api_stop));
+                let agents = server.run(listener, shutdown.clone()).await;
+                // The agent server stops on a fatal store error: the API goes too.
+                shutdown.cancel();
+                let api = api.await.context("API task")?;
+                agents.and(api)
             });
             stop_scrub.store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(t) = scrubber {
@@ -287,11 +360,8 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let agent = AgentName::new(&name)?;
             let cfg = dd.config()?;
             let ca = Ca::load(&dd.pki())?;
-            let mut raw = [0u8; 24];
-            getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random token: {e}"))?;
-            let token = format!("pulih-{}", hex::encode(raw));
             let ttl = cfg.enroll.token_ttl_hours as i64 * 3600;
-            let expires = dd.catalog()?.add_token(&server::token_hash(&token), &agent, ttl)?;
+            let (token, expires) = dd.catalog()?.create_enroll_token(&agent, ttl, &actor_local())?;
             if json {
                 out!(
                     "{}",
@@ -314,13 +384,15 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Cmd::RevokeAgent { name, dir } => {
             let dd = DataDir::new(&dir.data_dir);
             let agent = AgentName::new(&name)?;
+            let entry = NewAudit::new(&actor_local(), "revoke-agent", agent.as_str(), serde_json::json!({}));
             let mut cat = dd.catalog()?;
             let fps = cat.agent_certificates(agent.as_str())?;
-            let n = cat.revoke_agent(&agent)?;
+            let n = cat.audited(&entry, |c| c.revoke_agent(&agent))?;
             // Markers so a rebuilt catalog keeps them revoked.
             pki::record_revoked(&dd.pki(), &fps)?;
             out!("Agent {name} revoked ({n} certificate(s)); it is refused from its next connection on.");
         }
+        Cmd::Token { cmd } => token_cmd(cmd)?,
         Cmd::Agents { dir, json } => {
             let agents = DataDir::new(&dir.data_dir).catalog()?.agents()?;
             if json {
@@ -383,9 +455,14 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 })
                 .unwrap_or_default();
             let started = std::time::Instant::now();
-            let stats = restore::restore(&store, &root, &sub, &dest)
-                .with_context(|| format!("restoring snapshot {} into {}", &snap.id[..12], dest.display()))?;
+            let result = restore::restore(&store, &root, &sub, &dest);
             let secs = started.elapsed().as_secs_f64();
+            let detail =
+                serde_json::json!({"target": dest, "path": path, "seconds": secs, "stats": result.as_ref().ok()});
+            let mut cat = cat;
+            cat.audit(&NewAudit::new(&actor_local(), "restore", &snap.id, detail), &result)?;
+            let stats =
+                result.with_context(|| format!("restoring snapshot {} into {}", &snap.id[..12], dest.display()))?;
             if json {
                 out!("{}", serde_json::json!({"snapshot": snap.id, "dest": dest, "stats": stats, "seconds": secs}));
             } else {
@@ -599,6 +676,71 @@ fn print_gc(r: &gc::GcReport) {
         human(r.bytes_removed),
         r.seconds
     );
+}
+
+fn token_cmd(cmd: TokenCmd) -> Result<()> {
+    match cmd {
+        TokenCmd::Create { name, role, expires, dir, json } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let actor = actor_local();
+            let entry = NewAudit::new(
+                &actor,
+                "token-create",
+                &name,
+                serde_json::json!({"role": role, "expires_days": expires}),
+            );
+            let (token, row) = dd.catalog()?.audited(&entry, |c| c.create_api_token(&name, role, expires, &actor))?;
+            if json {
+                out!(
+                    "{}",
+                    serde_json::json!({"name": row.name, "role": row.role, "token": token, "expires_at": row.expires_at})
+                );
+            } else {
+                out!(
+                    "Token {} (role {}) created. It is shown only now; keep it in a file readable only by its holder:",
+                    row.name,
+                    row.role
+                );
+                out!("{token}");
+                if let Some(e) = row.expires_at {
+                    out!("Expires: {}", pulih_controller::catalog::rfc3339_ns(e * 1_000_000_000));
+                }
+            }
+        }
+        TokenCmd::List { dir, json } => {
+            let rows = DataDir::new(&dir.data_dir).catalog()?.api_tokens()?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print_tokens(&rows);
+            }
+        }
+        TokenCmd::Revoke { name, dir } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let entry = NewAudit::new(&actor_local(), "token-revoke", &name, serde_json::json!({}));
+            dd.catalog()?.audited(&entry, |c| c.revoke_api_token(&name))?;
+            out!("Token {name} revoked; it is refused from its next request on.");
+        }
+    }
+    Ok(())
+}
+
+/// The token table shared in spirit with pulihctl.
+fn print_tokens(rows: &[pulih_controller::catalog::ApiTokenRow]) {
+    let t = |s: Option<i64>| s.map_or("-".to_string(), |s| pulih_controller::catalog::rfc3339_ns(s * 1_000_000_000));
+    out!("{:<20} {:<12} {:<8} {:<26} {:<26} CREATED BY", "NAME", "ROLE", "STATE", "EXPIRES", "LAST USED");
+    for r in rows {
+        let state = if r.revoked_at.is_some() { "revoked" } else { "active" };
+        out!(
+            "{:<20} {:<12} {:<8} {:<26} {:<26} {}",
+            r.name,
+            r.role,
+            state,
+            t(r.expires_at),
+            t(r.last_used_at),
+            r.created_by
+        );
+    }
 }
 
 fn human(bytes: u64) -> String {

@@ -44,7 +44,7 @@ pub enum RestoreError {
 }
 
 /// What a restore did.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RestoreStats {
     pub files: u64,
     pub dirs: u64,

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::catalog::{Catalog, TokenCheck};
+use crate::catalog::{Catalog, NewAudit, TokenCheck};
 use crate::framed::Framed;
 use crate::pki::{Ca, AGENT_DAYS};
 use crate::session::{Backend, SessionError, UploadSession};
@@ -237,11 +237,18 @@ impl Server {
             crate::pki::record_issued(pki, &cert)
                 .map_err(|e| SessionError::new(ErrorCode::Storage, format!("recording the certificate: {e:#}")))?;
         }
+        let fingerprint = Fingerprint::of(&cert);
+        let entry = NewAudit::new(
+            &format!("agent:{agent}"),
+            "enroll",
+            agent.as_str(),
+            serde_json::json!({"serial": info.serial, "fingerprint": fingerprint.to_string(), "not_after": info.not_after}),
+        );
         self.backend
             .catalog
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .complete_enrollment(&hash, &agent, &Fingerprint::of(&cert), &info)
+            .audited(&entry, |c| c.complete_enrollment(&hash, &agent, &fingerprint, &info))
             .map_err(|e| refuse(e.to_string()))?;
         info!(agent = %agent, serial = %info.serial, "agent enrolled");
         Ok(Message::Enrolled { cert_der: cert.to_vec(), ca_der: self.ca.cert_der.to_vec() })

@@ -26,7 +26,8 @@ fn controller_example_loads_and_validates() {
 fn controller_example_has_the_keys_and_values_init_writes() {
     let example: toml::Table =
         toml::from_str(&std::fs::read_to_string(deploy("controller.toml.example")).unwrap()).expect("example parses");
-    let written: toml::Table = toml::from_str(&config::template("drc", DEFAULT_LISTEN)).unwrap();
+    let written: toml::Table =
+        toml::from_str(&config::template("drc", DEFAULT_LISTEN, config::DEFAULT_API_LISTEN)).unwrap();
     assert_eq!(example, written, "deploy/controller.toml.example and config::template() disagree");
 }
 

@@ -50,6 +50,8 @@ pub fn free_port() -> u16 {
 pub struct Controller {
     pub dir: PathBuf,
     pub addr: SocketAddr,
+    /// Address of the HTTPS API (`[api] listen`).
+    pub api: SocketAddr,
     child: Option<Child>,
 }
 
@@ -58,8 +60,11 @@ impl Controller {
     pub fn init(base: &Path) -> Self {
         let dir = base.join("drc");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        ok(Command::new(bin("pulih-controller")).args(["init", "--listen", &addr.to_string(), "--data-dir"]).arg(&dir));
-        Self { dir, addr, child: None }
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        ok(Command::new(bin("pulih-controller"))
+            .args(["init", "--listen", &addr.to_string(), "--api-listen", &api.to_string(), "--data-dir"])
+            .arg(&dir));
+        Self { dir, addr, api, child: None }
     }
 
     /// `init` and `serve`.
@@ -449,4 +454,64 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
+}
+
+/// The HTTP API and `pulihctl` (issue 4).
+impl Controller {
+    /// Creates an API token locally (`token create`); returns the secret.
+    pub fn api_token(&self, name: &str, role: &str) -> String {
+        let out = ok(&mut self.cmd(&["token", "create", "--name", name, "--role", role, "--json"]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Rewrites controller.toml (takes effect at the next `serve`).
+    pub fn edit_config(&self, f: impl FnOnce(String) -> String) {
+        let p = self.dir.join("controller.toml");
+        let text = fs::read_to_string(&p).unwrap();
+        fs::write(&p, f(text)).unwrap();
+    }
+
+    /// `pulihctl` with `--controller`, `--ca` and a token file holding `token`.
+    pub fn pulihctl(&self, token: &str, args: &[&str]) -> Command {
+        let tf = self.dir.join(format!("token-{}", blake3::hash(token.as_bytes()).to_hex()));
+        fs::write(&tf, format!("{token}\n")).unwrap();
+        let mut c = Command::new(bin("pulihctl"));
+        c.env_remove("PULIHCTL_CONFIG")
+            .env("HOME", &self.dir)
+            .arg("--controller")
+            .arg(format!("https://{}", self.api))
+            .arg("--token-file")
+            .arg(&tf)
+            .arg("--ca")
+            .arg(self.dir.join("pki/ca.pem"))
+            .args(args);
+        c
+    }
+
+    /// One HTTPS request to the API, pinning the controller's CA; returns
+    /// the status and the body (JSON, or a string for other bodies).
+    pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, serde_json::Value) {
+        let pem = fs::read(self.dir.join("pki/ca.pem")).unwrap();
+        let cert = ureq::tls::Certificate::from_pem(&pem).unwrap();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![cert])))
+            .build();
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into();
+        let url = format!("https://{}{path}", self.api);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            req = req.header("Content-Type", "application/json");
+        }
+        let req = req.body(body.unwrap_or_default().to_vec()).unwrap();
+        let mut resp = agent.run(req).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, v)
+    }
 }

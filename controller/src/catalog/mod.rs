@@ -26,12 +26,18 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::store::{BlobKind, BlobRef};
 
+mod audit;
 mod lifecycle;
+mod overview;
 mod reports;
-pub use reports::DatasetTarget;
 mod schema;
+mod tokens;
+pub use audit::{actor_local, AuditRow, AuditVerify, NewAudit, AUDIT_GENESIS};
 pub use lifecycle::{DamageRow, GcRunRow, ScrubRunRow};
+pub use overview::{AgentOverview, DatasetOverview, StoreTotals};
+pub use reports::DatasetTarget;
 pub use schema::SCHEMA_VERSION;
+pub use tokens::{check_token_name, hash_secret, random_secret, ApiTokenRow, Role, TokenAuth};
 
 /// Catalog failures.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +65,7 @@ pub enum TokenCheck {
 }
 
 /// A listed snapshot.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotRow {
     pub id: String,
     pub agent: String,
@@ -197,7 +203,8 @@ impl Catalog {
         cert: &CertInfo,
     ) -> Result<(), CatalogError> {
         let now = now_secs();
-        let tx = self.conn.transaction()?;
+        // A savepoint, not a transaction: this may run inside `audited`.
+        let tx = self.conn.savepoint()?;
         let used = tx.execute(
             "UPDATE enroll_tokens SET used_at = ?1 WHERE token_hash = ?2 AND used_at IS NULL AND agent_name = ?3 AND expires_at > ?1",
             params![now, token_hash, name.as_str()],
@@ -252,7 +259,8 @@ impl Catalog {
     /// certificates were revoked.
     pub fn revoke_agent(&mut self, name: &AgentName) -> Result<usize, CatalogError> {
         let now = now_secs();
-        let tx = self.conn.transaction()?;
+        // A savepoint, not a transaction: this may run inside `audited`.
+        let tx = self.conn.savepoint()?;
         let n = tx.execute(
             "UPDATE agents SET status = 'revoked', revoked_at = ?1 WHERE name = ?2",
             params![now, name.as_str()],

@@ -13,7 +13,7 @@ use super::CatalogError;
 /// Schema version written by this build.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE];
+const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE, AUDIT];
 
 /// Version 1: agents, certificates, enrollment tokens, blobs, datasets, snapshots.
 const V1: &str = r#"
@@ -130,6 +130,35 @@ CREATE TABLE scrub_runs (
     bytes_checked INTEGER NOT NULL DEFAULT 0,
     damaged_found INTEGER NOT NULL DEFAULT 0,
     detail        TEXT
+);
+"#;
+
+/// Version 4: API tokens bound to roles and the hash-chained audit log
+/// (issue 4). Only a token's blake3 hash is stored. The audit chain's head
+/// (last seq and hash) is also kept in `meta`, updated in the same
+/// transaction as each row, so deleting the newest rows is detected.
+const AUDIT: &str = r#"
+CREATE TABLE api_tokens (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    role         TEXT NOT NULL CHECK (role IN ('admin', 'coordinator', 'auditor')),
+    token_hash   TEXT NOT NULL UNIQUE,
+    created_at   INTEGER NOT NULL,
+    created_by   TEXT NOT NULL,
+    expires_at   INTEGER,
+    revoked_at   INTEGER,
+    last_used_at INTEGER
+);
+CREATE TABLE audit_log (
+    seq       INTEGER PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    target    TEXT NOT NULL,
+    detail    TEXT NOT NULL,
+    result    TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
 );
 "#;
 

@@ -1,0 +1,188 @@
+//! Request and response bodies of the HTTP API, shared by the server and
+//! `pulihctl` so both sides agree by construction. Every request type
+//! refuses unknown fields.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::catalog::{AgentOverview, ApiTokenRow, AuditRow, AuditVerify, DatasetOverview, Role, SnapshotRow};
+pub use crate::restore::RestoreStats;
+
+/// Every error: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `bad_request`, `unauthorized`, `forbidden`,
+    /// `not_found`, `conflict`, `too_large`, `invalid`, `rate_limited`, `internal`.
+    pub code: String,
+    /// For a person.
+    pub message: String,
+}
+
+/// `GET /api/v1/agents`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentsResponse {
+    /// Server time the lags were measured at, Unix seconds.
+    pub now: i64,
+    pub agents: Vec<AgentOverview>,
+}
+
+/// `POST /api/v1/agents/{name}/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeAgentResponse {
+    pub agent: String,
+    pub certificates_revoked: usize,
+}
+
+/// `POST /api/v1/enroll-tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollTokenRequest {
+    /// Name the agent will enroll under.
+    pub agent: String,
+    /// Hours the token stays valid (default: `[enroll] token_ttl_hours`).
+    #[serde(default)]
+    pub ttl_hours: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollTokenResponse {
+    pub agent: String,
+    /// Shown once; only its hash is stored.
+    pub token: String,
+    /// Fingerprint of the controller's CA, to pin at enrollment.
+    pub fingerprint: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Query of `GET /api/v1/snapshots`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotQuery {
+    pub agent: Option<String>,
+    pub dataset: Option<String>,
+}
+
+/// `GET /api/v1/snapshots/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotDetail {
+    #[serde(flatten)]
+    pub snapshot: SnapshotRow,
+    /// Source paths of the dataset (lossy UTF-8).
+    pub paths: Vec<String>,
+    /// Problems the agent met, as listed in the record.
+    pub problems: Vec<SnapshotProblem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotProblem {
+    pub path: String,
+    pub message: String,
+}
+
+/// `POST /api/v1/verify`: name snapshots, or `all`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `POST /api/v1/restore`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// Snapshot id or unique prefix (at least 4 hex digits).
+    pub snapshot: String,
+    /// Absolute directory on the DRC host; must not exist or be empty.
+    pub target: String,
+    /// Restore only this path of the snapshot (as on the source host).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreResponse {
+    pub snapshot: String,
+    pub target: String,
+    pub stats: RestoreStats,
+    pub seconds: f64,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    pub name: String,
+    pub role: Role,
+    /// Days until the token expires; none: it does not expire.
+    #[serde(default)]
+    pub expires_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateTokenResponse {
+    /// Shown once; only its hash is stored.
+    pub token: String,
+    #[serde(flatten)]
+    pub info: ApiTokenRow,
+}
+
+/// Query of `GET /api/v1/audit`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Rows after this sequence number (default 0).
+    pub after_seq: Option<i64>,
+    /// At most this many rows (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+/// `POST /api/v1/verify`: what was checked and every damaged reference.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VerifyResult {
+    pub snapshots: u64,
+    pub trees_checked: u64,
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+    pub damage: Vec<DamageRow>,
+}
+
+/// One damaged blob as seen from one path of one snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DamageRow {
+    pub snapshot: String,
+    pub path: String,
+    /// `chunk` or `tree`.
+    pub kind: String,
+    pub id: String,
+    pub reason: String,
+}
+
+impl From<crate::verify::VerifyReport> for VerifyResult {
+    fn from(r: crate::verify::VerifyReport) -> Self {
+        Self {
+            snapshots: r.snapshots,
+            trees_checked: r.trees_checked,
+            chunks_checked: r.chunks_checked,
+            bytes_checked: r.bytes_checked,
+            damage: r
+                .damage
+                .into_iter()
+                .map(|d| DamageRow {
+                    snapshot: d.snapshot,
+                    path: d.path,
+                    kind: d.kind.into(),
+                    id: d.id,
+                    reason: d.reason,
+                })
+                .collect(),
+        }
+    }
+}

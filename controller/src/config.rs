@@ -183,7 +183,7 @@ impl ControllerConfig {
         }
         if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("api.listen = {:?} is not IP:PORT", self.api.listen));
-        } else if self.api.listen == self.controller.listen {
+        } else if self.api.listen == self.controller.listen && !self.api.listen.ends_with(":0") {
             problems.push(format!(
                 "api.listen and controller.listen are both {}; give the API its own port",
                 self.api.listen

@@ -681,6 +681,9 @@ fn print_gc(r: &gc::GcReport) {
 fn token_cmd(cmd: TokenCmd) -> Result<()> {
     match cmd {
         TokenCmd::Create { name, role, expires, dir, json } => {
+            if expires == Some(0) {
+                bail!("--expires must be at least 1 day (leave it out for a token that does not expire)");
+            }
             let dd = DataDir::new(&dir.data_dir);
             let actor = actor_local();
             let entry = NewAudit::new(
@@ -730,7 +733,11 @@ fn print_tokens(rows: &[pulih_controller::catalog::ApiTokenRow]) {
     let t = |s: Option<i64>| s.map_or("-".to_string(), |s| pulih_controller::catalog::rfc3339_ns(s * 1_000_000_000));
     out!("{:<20} {:<12} {:<8} {:<26} {:<26} CREATED BY", "NAME", "ROLE", "STATE", "EXPIRES", "LAST USED");
     for r in rows {
-        let state = if r.revoked_at.is_some() { "revoked" } else { "active" };
+        let state = match (r.revoked_at, r.expires_at) {
+            (Some(_), _) => "revoked",
+            (None, Some(e)) if e <= pulih_controller::catalog::now_secs() => "expired",
+            _ => "active",
+        };
         out!(
             "{:<20} {:<12} {:<8} {:<26} {:<26} {}",
             r.name,

@@ -59,7 +59,10 @@ fn wrong_config_key_stops_serve_with_file_and_key() {
 fn one_server_per_data_directory_and_admin_commands_leave_uploads_alone() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("drc");
-    assert!(ctl().args(["init", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&d).status().unwrap().success());
+    // Port 0 for the API too: the default 7444 may be taken on a shared machine.
+    let init =
+        ctl().args(["init", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--data-dir"]).arg(&d).status();
+    assert!(init.unwrap().success());
     let mut first = ctl().args(["serve", "--data-dir"]).arg(&d).stderr(std::process::Stdio::null()).spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     // Wait until the first server holds the lock (it removes leftovers after).

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::{header, request::Parts, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -48,6 +48,8 @@ use types::{ErrorBody, ErrorDetail};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
+/// Bytes of an oversized body read and dropped before answering 413.
+const DRAIN_LIMIT: usize = 1024 * 1024;
 /// Most API connections at once.
 const MAX_CONNECTIONS: usize = 256;
 /// Seconds a TLS handshake or a request's headers may take.
@@ -242,15 +244,40 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(e.status(), "too_large", format!("request body is larger than {MAX_BODY} bytes"))
-            } else {
-                ApiError::new(e.status(), "bad_request", e.body_text())
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        use http_body_util::BodyExt;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body is larger than {MAX_BODY} bytes"),
+            )
+        };
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+            return Err(too_large());
+        }
+        // Read at most MAX_BODY; past it keep reading (and dropping) up to
+        // DRAIN_LIMIT, so a client still sending gets the 413 instead of a
+        // reset connection.
+        let mut body = req.into_body();
+        let mut buf = Vec::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen <= MAX_BODY {
+                    buf.extend_from_slice(&data);
+                } else if seen > DRAIN_LIMIT {
+                    break;
+                }
             }
-        })?;
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| match e.classify() {
+        }
+        if seen > MAX_BODY {
+            return Err(too_large());
+        }
+        serde_json::from_slice(&buf).map(ApiJson).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => ApiError::invalid(format!("request body: {e}")),
             _ => ApiError::bad_request(format!("request body is not valid JSON: {e}")),
         })
@@ -584,6 +611,20 @@ mod tests {
         in_doc.sort();
         in_router.sort();
         assert_eq!(in_doc, in_router);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_gives_a_json_500() {
+        use tower::ServiceExt;
+        let app: Router = Router::new()
+            .route("/boom", axum::routing::get(|| async { panic!("boom") as &'static str }))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response));
+        let resp = app.clone().oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(is_json(&resp));
+        // The service still answers afterwards.
+        let resp = app.oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

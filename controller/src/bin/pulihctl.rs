@@ -493,7 +493,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             out!("{:<20} {:<12} {:<8} {:<21} {:<21} CREATED BY", "NAME", "ROLE", "STATE", "EXPIRES", "LAST USED");
             for r in &rows {
-                let state = if r.revoked_at.is_some() { "revoked" } else { "active" };
+                let state = match (r.revoked_at, r.expires_at) {
+                    (Some(_), _) => "revoked",
+                    (None, Some(e)) if e <= pulih_controller::catalog::now_secs() => "expired",
+                    _ => "active",
+                };
                 out!(
                     "{:<20} {:<12} {:<8} {:<21} {:<21} {}",
                     r.name,

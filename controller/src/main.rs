@@ -530,7 +530,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Cmd::Forget { dir, snapshots, json } => {
             let dd = DataDir::new(&dir.data_dir);
-            let rows = lifecycle::forget(&dd, &snapshots)?;
+            let rows = lifecycle::forget(&dd, &snapshots);
+            audit_local(&dd, "forget", &snapshots.join(","), serde_json::json!({ "snapshots": snapshots }), &rows);
+            let rows = rows?;
             let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
             if json {
                 out!("{}", serde_json::json!({ "forgotten": ids }));
@@ -543,7 +545,14 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Cmd::Prune { dir, dry_run, agent, dataset, no_gc, json } => {
             let dd = DataDir::new(&dir.data_dir);
-            let outcome = lifecycle::prune(&dd, dry_run, agent.as_deref(), dataset.as_deref(), !no_gc)?;
+            let outcome = lifecycle::prune(&dd, dry_run, agent.as_deref(), dataset.as_deref(), !no_gc);
+            if !dry_run {
+                let removed = outcome.as_ref().map(|o| o.removed.clone()).unwrap_or_default();
+                let detail =
+                    serde_json::json!({ "agent": agent, "dataset": dataset, "removed": removed, "gc": !no_gc });
+                audit_local(&dd, "prune", agent.as_deref().unwrap_or("*"), detail, &outcome);
+            }
+            let outcome = outcome?;
             let (plans, remove, gc_report) = (&outcome.datasets, &outcome.removed, &outcome.gc);
             if json {
                 out!("{}", serde_json::to_string_pretty(&outcome)?);
@@ -577,7 +586,14 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 .map(pulih_controller::units::parse_duration)
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let report = lifecycle::collect(&dd, grace, dry_run)?;
+            let report = lifecycle::collect(&dd, grace, dry_run);
+            if !dry_run {
+                let detail = report.as_ref().map_or(serde_json::json!({}), |r| {
+                    serde_json::json!({ "trees_removed": r.trees_removed, "chunks_removed": r.chunks_removed, "bytes_removed": r.bytes_removed })
+                });
+                audit_local(&dd, "gc", "store", detail, &report);
+            }
+            let report = report?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -588,7 +604,11 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let dd = DataDir::new(&dir.data_dir);
             let rate =
                 rate.as_deref().map(pulih_controller::units::parse_size).transpose().map_err(anyhow::Error::msg)?;
-            let report = lifecycle::scrub(&dd, rate)?;
+            let report = lifecycle::scrub(&dd, rate);
+            let detail =
+                report.as_ref().map_or(serde_json::json!({}), |r| serde_json::json!({ "damaged": r.damage.len() }));
+            audit_local(&dd, "scrub", "store", detail, &report);
+            let report = report?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -631,7 +651,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Cmd::RebuildCatalog { dir, force, json } => {
             let dd = DataDir::new(&dir.data_dir);
-            let report = rebuild::rebuild(&dd, force)?;
+            let report = rebuild::rebuild(&dd, force);
+            // The new catalog's first audit row says where it came from.
+            audit_local(&dd, "rebuild-catalog", "catalog", serde_json::json!({ "force": force }), &report);
+            let report = report?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -661,6 +684,22 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Appends an audit row for a local command that already ran. Failing to
+/// record it does not undo the action; it is reported loudly instead.
+fn audit_local<T, E: std::fmt::Display>(
+    dd: &DataDir,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+    outcome: &Result<T, E>,
+) {
+    let entry = NewAudit::new(&actor_local(), action, target, detail);
+    let recorded = dd.catalog().and_then(|mut c| c.audit(&entry, outcome).map_err(anyhow::Error::from));
+    if let Err(e) = recorded {
+        eprintln!("warning: {action} could not be recorded in the audit log: {e:#}");
+    }
 }
 
 fn print_gc(r: &gc::GcReport) {

@@ -35,6 +35,14 @@ pub const STORE_DEDUP_RATIO: &str = "pulih_store_dedup_ratio";
 pub const STORE_BLOBS: &str = "pulih_store_blobs";
 pub const API_REQUESTS: &str = "pulih_api_requests_total";
 pub const AUDIT_ROWS: &str = "pulih_audit_log_rows";
+pub const STORE_DAMAGED_BLOBS: &str = "pulih_store_damaged_blobs";
+pub const SNAPSHOTS_DAMAGED: &str = "pulih_snapshots_damaged";
+pub const SCRUB_LAST_FINISHED: &str = "pulih_scrub_last_finished_timestamp_seconds";
+pub const SCRUB_LAST_BYTES: &str = "pulih_scrub_last_bytes_checked";
+pub const SCRUB_LAST_BLOBS: &str = "pulih_scrub_last_blobs_checked";
+pub const GC_LAST_FINISHED: &str = "pulih_gc_last_finished_timestamp_seconds";
+pub const GC_LAST_FREED: &str = "pulih_gc_last_freed_bytes";
+pub const GC_FREED_TOTAL: &str = "pulih_gc_freed_bytes_total";
 
 /// Metric failures.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +69,14 @@ pub struct Metrics {
     store_dedup: prometheus::Gauge,
     store_blobs: IntGaugeVec,
     audit_rows: IntGauge,
+    damaged_blobs: IntGaugeVec,
+    damaged_snapshots: IntGauge,
+    scrub_finished: IntGauge,
+    scrub_bytes: IntGauge,
+    scrub_blobs: IntGauge,
+    gc_finished: IntGauge,
+    gc_freed: IntGauge,
+    gc_freed_total: IntGauge,
     api_requests: IntCounterVec,
 }
 
@@ -105,6 +121,17 @@ impl Metrics {
             ),
             store_blobs: reg(&r, ig(STORE_BLOBS, "Blobs in the store", &["kind"])),
             audit_rows: reg(&r, one(AUDIT_ROWS, "Rows in the audit log (its head sequence number)")),
+            damaged_blobs: reg(
+                &r,
+                ig(STORE_DAMAGED_BLOBS, "Blobs found damaged by scrub and not repaired, by state", &["state"]),
+            ),
+            damaged_snapshots: reg(&r, one(SNAPSHOTS_DAMAGED, "Snapshots that reach a damaged or lost blob")),
+            scrub_finished: reg(&r, one(SCRUB_LAST_FINISHED, "End of the last finished scrub (Unix seconds)")),
+            scrub_bytes: reg(&r, one(SCRUB_LAST_BYTES, "Bytes re-read and rehashed by the last finished scrub")),
+            scrub_blobs: reg(&r, one(SCRUB_LAST_BLOBS, "Blobs verified by the last finished scrub")),
+            gc_finished: reg(&r, one(GC_LAST_FINISHED, "End of the last successful garbage collection (Unix seconds)")),
+            gc_freed: reg(&r, one(GC_LAST_FREED, "Bytes freed by the last successful garbage collection")),
+            gc_freed_total: reg(&r, one(GC_FREED_TOTAL, "Bytes freed by all recorded garbage collections")),
             api_requests: reg(
                 &r,
                 IntCounterVec::new(
@@ -126,6 +153,7 @@ impl Metrics {
     pub fn refresh(&self, cat: &Catalog) -> Result<(), MetricsError> {
         self.refresh_agents(cat)?;
         self.refresh_store(cat)?;
+        self.refresh_lifecycle(cat)?;
         let head: i64 = cat.meta_get("audit_head_seq")?.and_then(|v| v.parse().ok()).unwrap_or(0);
         self.audit_rows.set(head);
         Ok(())
@@ -170,6 +198,29 @@ impl Metrics {
         self.store_dedup.set(if t.stored_bytes == 0 { 0.0 } else { t.logical_bytes as f64 / t.stored_bytes as f64 });
         self.store_blobs.with_label_values(&["chunk"]).set(t.chunks as i64);
         self.store_blobs.with_label_values(&["tree"]).set(t.trees as i64);
+        Ok(())
+    }
+
+    fn refresh_lifecycle(&self, cat: &Catalog) -> Result<(), MetricsError> {
+        self.damaged_blobs.reset();
+        for state in ["damaged", "lost"] {
+            self.damaged_blobs.with_label_values(&[state]).set(0);
+        }
+        for d in cat.damage()?.iter().filter(|d| d.state != "repaired") {
+            self.damaged_blobs.with_label_values(&[&d.state]).inc();
+        }
+        self.damaged_snapshots.set(cat.damaged_snapshots()?.len() as i64);
+        if let Some(s) = cat.scrub_runs(20)?.into_iter().find(|s| s.finished_at.is_some()) {
+            self.scrub_finished.set(s.finished_at.unwrap_or(0));
+            self.scrub_bytes.set(s.bytes_checked as i64);
+            self.scrub_blobs.set(s.blobs_checked as i64);
+        }
+        let runs = cat.gc_runs(10_000)?;
+        if let Some(g) = runs.iter().find(|g| g.outcome == "ok") {
+            self.gc_finished.set(g.finished_at.unwrap_or(0));
+            self.gc_freed.set(g.bytes_removed as i64);
+        }
+        self.gc_freed_total.set(runs.iter().map(|g| g.bytes_removed as i64).sum());
         Ok(())
     }
 

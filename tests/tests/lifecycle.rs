@@ -189,6 +189,17 @@ fn retention_dry_run_equals_the_real_run() {
     assert_eq!(ctl.snapshots().len(), 1);
     ok(&mut ctl.cmd(&["forget", &ids[4]]));
     assert!(ctl.snapshots().is_empty());
+
+    // Every real prune and forget is in the audit log (dry runs are not).
+    let db = rusqlite::Connection::open(ctl.dir.join("catalog.db")).unwrap();
+    let actions: Vec<String> = db
+        .prepare("SELECT action FROM audit_log WHERE action IN ('prune', 'forget', 'gc') ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(actions, ["prune", "prune", "forget"], "{actions:?}");
 }
 
 fn largest_file(dir: &Path) -> PathBuf {

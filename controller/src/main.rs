@@ -460,7 +460,11 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let detail =
                 serde_json::json!({"target": dest, "path": path, "seconds": secs, "stats": result.as_ref().ok()});
             let mut cat = cat;
-            cat.audit(&NewAudit::new(&actor_local(), "restore", &snap.id, detail), &result)?;
+            // The restore has happened (or failed) already: a full DRC disk
+            // that cannot take the audit row must not turn it into an error.
+            if let Err(e) = cat.audit(&NewAudit::new(&actor_local(), "restore", &snap.id, detail), &result) {
+                eprintln!("warning: this restore could not be recorded in the audit log: {e}");
+            }
             let stats =
                 result.with_context(|| format!("restoring snapshot {} into {}", &snap.id[..12], dest.display()))?;
             if json {

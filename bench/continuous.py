@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import svcbench as sb  # noqa: E402
 
@@ -165,6 +166,8 @@ def one_run(label, extra, args, work):
         snapshots_during_changes=len(after_first),
         writes_per_snapshot_mean=(len(writes) / len(per_snap)) if per_snap else None,
         writes_per_snapshot_max=max(per_snap.values()) if per_snap else None,
+        writes_per_snapshot_hist={str(n): sum(1 for c in per_snap.values() if c == n)
+                                  for n in sorted(set(per_snap.values()))},
         by_time_seen=stats(lat(by_time, "seen_ns")),
         by_time_finished=stats(lat(by_time, "finished_ns")),
         by_content_seen=stats(lat(by_content, "seen_ns")),

@@ -219,6 +219,7 @@ def main():
             label = "default (500ms)" if d == "default" else d
             results.append(one_run(label, extra, args, work))
     finally:
+        sb.stop_all()
         if not args.workdir:
             shutil.rmtree(base, ignore_errors=True)
     meta = dict(date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), git=sb.git_rev(), machine=sb.machine(),

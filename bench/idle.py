@@ -135,6 +135,7 @@ def main():
             exit_codes=dict(agent=codes[0], controller=codes[1]),
         )
     finally:
+        sb.stop_all()
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     if args.json:

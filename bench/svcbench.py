@@ -6,6 +6,7 @@ poller that watches the controller's catalog (SQLite, opened read-only) for new 
 rows and notes when it first saw each one. Python 3 standard library only.
 """
 
+import atexit
 import hashlib
 import json
 import os
@@ -170,6 +171,22 @@ class CatalogPoller(threading.Thread):
         self.join(5)
 
 
+# Every Service started, so that a failing or interrupted benchmark leaves no
+# controller or agent behind (stop() is idempotent).
+_LIVE = []
+
+
+def stop_all():
+    """Stops every controller and agent this process started (before their files are removed)."""
+    for s in _LIVE:
+        s.stop()
+
+
+atexit.register(stop_all)
+# SIGTERM would otherwise end Python without running atexit handlers.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 class Service:
     """A controller serving on loopback and an enrolled agent with one continuous dataset."""
 
@@ -189,6 +206,7 @@ class Service:
         self.ctl = None
         self.proc = None
         self.agent_log = self.work / "agent.log"
+        _LIVE.append(self)
 
     def setup(self):
         run([CTL, "init", "--data-dir", self.ctl_dir, "--listen", f"127.0.0.1:{self.port}"])

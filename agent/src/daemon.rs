@@ -333,7 +333,7 @@ impl Daemon {
         let tick = systemd::watchdog_interval().unwrap_or(Duration::from_secs(1)).min(Duration::from_millis(250));
         let mut last_publish = Instant::now();
         loop {
-            match self.rx.recv_timeout(tick) {
+            match self.rx.recv_timeout(self.wait(tick)) {
                 Ok(Msg::Signal(s)) if s == signal_hook::consts::SIGHUP => self.reload(),
                 Ok(Msg::Signal(s)) => {
                     info!(signal = s, "stopping");
@@ -354,6 +354,18 @@ impl Daemon {
                 last_publish = Instant::now();
             }
         }
+    }
+
+    /// How long the loop may sleep: at most `tick`, less when a debounce
+    /// ends sooner (so a short debounce is kept exactly).
+    fn wait(&self, tick: Duration) -> Duration {
+        let now = Instant::now();
+        self.datasets
+            .values()
+            .filter(|st| !st.running)
+            .filter_map(|st| st.last_change.map(|t| (t + st.ds.debounce).saturating_duration_since(now)))
+            .fold(tick, Duration::min)
+            .max(Duration::from_millis(1))
     }
 
     fn on_watch(&mut self, ev: WatchEvent) {

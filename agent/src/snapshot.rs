@@ -167,13 +167,13 @@ fn once(
 
     let (scanned, uploaded) = std::thread::scope(|s| {
         // Stopping the agent stops the pipeline like an upload failure does.
-        s.spawn(|| {
+        let cancel_watch = s.spawn(|| {
             while !finished.load(Ordering::Relaxed) {
                 if opts.cancel.load(Ordering::Relaxed) {
                     abort.store(true, Ordering::Relaxed);
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::park_timeout(Duration::from_millis(50));
             }
         });
         let up = s.spawn(|| {
@@ -197,6 +197,7 @@ fn once(
         });
         let uploaded = up.join().expect("uploader panicked");
         finished.store(true, Ordering::Relaxed);
+        cancel_watch.thread().unpark();
         (scanned, uploaded)
     });
     display.stop();
@@ -288,14 +289,15 @@ fn lock_dataset(settings: &Settings, ds: &Dataset) -> Result<std::fs::File> {
 
 /// A progress bar on a terminal, periodic log lines otherwise.
 struct ProgressDisplay {
-    stop: Arc<AtomicBool>,
+    /// Dropping the sender wakes the thread at once (a sleeping thread
+    /// would add up to one period to every snapshot).
+    stop: Option<mpsc::Sender<()>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ProgressDisplay {
     fn start(p: Arc<Progress>, bar: bool) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let (stop, stopped) = mpsc::channel::<()>();
         let handle = std::thread::spawn(move || {
             let tty = bar && std::io::stderr().is_terminal();
             let pb = tty.then(|| {
@@ -306,8 +308,7 @@ impl ProgressDisplay {
                 pb
             });
             let mut last_log = Instant::now();
-            while !s.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_millis(200)) {
                 let msg = format!(
                     "{} files, {:.1} MiB scanned, {:.1} MiB read",
                     p.files.load(Ordering::Relaxed),
@@ -330,11 +331,11 @@ impl ProgressDisplay {
                 pb.finish_and_clear();
             }
         });
-        Self { stop, handle: Some(handle) }
+        Self { stop: Some(stop), handle: Some(handle) }
     }
 
     fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }

@@ -225,6 +225,9 @@ fn metrics_endpoint_serves_the_documented_series() {
     let d = a.start_daemon();
     assert!(wait_until(WAIT, || snaps_of(&c, "m").len() == 1), "log:\n{}", d.log());
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The agent updates its metrics just after the controller answered.
+    let done = "pulih_agent_snapshots_total{dataset=\"m\",outcome=\"ok\"} 1";
+    assert!(wait_until(WAIT, || http_get(addr, "/metrics").1.contains(done)), "log:\n{}", d.log());
     let (code, body) = http_get(addr, "/metrics");
     assert_eq!(code, 200, "{body}");
     for series in [

@@ -429,8 +429,8 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                         r.dataset,
                         format!("{}Z", &r.time[..r.time.len().min(19)]),
                         r.files,
-                        human(r.bytes),
-                        human(r.bytes_new),
+                        pulih_controller::units::human_bytes(r.bytes),
+                        pulih_controller::units::human_bytes(r.bytes_new),
                         r.state
                     );
                 }
@@ -478,7 +478,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     stats.dirs,
                     stats.symlinks,
                     stats.hardlinks,
-                    human(stats.bytes),
+                    pulih_controller::units::human_bytes(stats.bytes),
                     secs
                 );
             }
@@ -523,7 +523,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     report.snapshots,
                     report.trees_checked,
                     report.chunks_checked,
-                    human(report.bytes_checked),
+                    pulih_controller::units::human_bytes(report.bytes_checked),
                     now_secs() - started,
                     report.damage.len()
                 );
@@ -625,7 +625,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 out!(
                     "Scrubbed {} blob(s), {} in {:.1} s; {} damaged blob(s) found; {} snapshot(s) marked damaged",
                     report.blobs_checked,
-                    human(report.bytes_checked),
+                    pulih_controller::units::human_bytes(report.bytes_checked),
                     report.seconds,
                     report.damage.len(),
                     report.damaged_snapshots.len()
@@ -716,7 +716,7 @@ fn print_gc(r: &gc::GcReport) {
         r.kept_recent,
         r.trees_removed,
         r.chunks_removed,
-        human(r.bytes_removed),
+        pulih_controller::units::human_bytes(r.bytes_removed),
         r.seconds
     );
 }
@@ -790,20 +790,5 @@ fn print_tokens(rows: &[pulih_controller::catalog::ApiTokenRow]) {
             t(r.last_used_at),
             r.created_by
         );
-    }
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }

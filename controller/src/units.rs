@@ -52,6 +52,22 @@ pub fn format_duration(mut secs: i64) -> String {
 
 /// Parses a size: a number with an optional unit `B`, `KiB`, `MiB`, `GiB`,
 /// `TiB` (powers of 1024) or `KB`, `MB`, `GB`, `TB` (powers of 1000).
+/// Bytes for people: "512 B", "1.5 MiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());

@@ -297,21 +297,6 @@ fn dur(secs: i64) -> String {
     }
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 fn run(cli: Cli) -> Result<ExitCode> {
     let c = Client::new(&cli)?;
     let json = cli.json;
@@ -404,8 +389,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.dataset,
                     short(&r.time),
                     r.files,
-                    human(r.bytes),
-                    human(r.bytes_new)
+                    pulih_controller::units::human_bytes(r.bytes),
+                    pulih_controller::units::human_bytes(r.bytes_new)
                 );
             }
             out!("{} snapshot(s)", rows.len());
@@ -426,10 +411,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out!(
                 "Files:     {} ({}), read {}, sent {}, new {}",
                 s.files,
-                human(s.bytes),
-                human(s.bytes_read),
-                human(s.bytes_sent),
-                human(s.bytes_new)
+                pulih_controller::units::human_bytes(s.bytes),
+                pulih_controller::units::human_bytes(s.bytes_read),
+                pulih_controller::units::human_bytes(s.bytes_sent),
+                pulih_controller::units::human_bytes(s.bytes_new)
             );
             out!("Problems:  {}", s.errors);
             for p in &d.problems {
@@ -460,7 +445,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.snapshots,
                     r.trees_checked,
                     r.chunks_checked,
-                    human(r.bytes_checked),
+                    pulih_controller::units::human_bytes(r.bytes_checked),
                     r.damage.len()
                 );
             }
@@ -481,7 +466,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.stats.files,
                     r.stats.dirs,
                     r.stats.symlinks,
-                    human(r.stats.bytes),
+                    pulih_controller::units::human_bytes(r.stats.bytes),
                     r.seconds
                 );
             }

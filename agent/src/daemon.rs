@@ -296,7 +296,7 @@ impl Daemon {
             let last_start = st.status.last_attempt_at.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
             st.next_scheduled = st.ds.schedule.as_ref().map(|s| s.next_after(now, last_start, offset));
             if st.ds.continuous {
-                self.start_watch(&mut st);
+                Self::start_watch(&self.tx, &self.metrics, &mut st);
             }
             if st.ds.schedule.is_none() && !st.ds.continuous {
                 warn!(dataset = %name, "dataset has neither `schedule` nor `continuous = true`: `run` never snapshots it");
@@ -313,15 +313,15 @@ impl Daemon {
         self.publish();
     }
 
-    fn start_watch(&self, st: &mut DsState) {
-        match watch::watch::<Msg>(st.ds.name.as_str(), &st.ds.paths, self.tx.clone()) {
+    fn start_watch(tx: &Sender<Msg>, metrics: &AgentMetrics, st: &mut DsState) {
+        match watch::watch::<Msg>(st.ds.name.as_str(), &st.ds.paths, tx.clone()) {
             Ok(w) => {
                 st.watcher = Some(w);
                 st.rewatch_at = None;
             }
             Err(reason) => {
                 warn!(dataset = %st.ds.name, %reason, "cannot watch the dataset; falling back to full rescans");
-                self.metrics.watcher_fallback(st.ds.name.as_str(), "watch_failed");
+                metrics.watcher_fallback(st.ds.name.as_str(), "watch_failed");
                 st.watcher = None;
                 st.rewatch_at = Some(Instant::now() + REWATCH_EVERY);
                 st.need_full = true;
@@ -401,11 +401,8 @@ impl Daemon {
         for name in names {
             let st = self.datasets.get_mut(&name).expect("listed");
             if st.ds.continuous && st.watcher.is_none() && st.rewatch_at.is_some_and(|t| now >= t) {
-                let mut taken = std::mem::replace(st, DsState::new((*st.ds).clone(), None));
-                self.start_watch(&mut taken);
-                *self.datasets.get_mut(&name).expect("listed") = taken;
+                Self::start_watch(&self.tx, &self.metrics, st);
             }
-            let st = self.datasets.get_mut(&name).expect("listed");
             let Some((full, why)) = st.due(now, wall) else { continue };
             let dirty = std::mem::take(&mut st.dirty);
             st.first_change = None;

@@ -17,7 +17,7 @@ use time::UtcOffset;
 
 use crate::hooks::Hook;
 use crate::schedule::Schedule;
-use crate::units::{parse_duration, parse_size};
+use pulih_core::units::{parse_duration, parse_size};
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize)]

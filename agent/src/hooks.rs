@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, Signal};
 
-use crate::units::format_duration;
+use pulih_core::units::format_duration;
 
 /// Bytes of output kept (the end of it).
 pub const OUTPUT_LIMIT: usize = 4096;

@@ -9,7 +9,7 @@
 //! Building blocks of the daemon (`pulih-agent run`): [`schedule`] (when),
 //! [`hooks`] (pre/post commands), [`throttle`] (bandwidth limit),
 //! [`metrics`] (Prometheus endpoint), [`status`] (what `pulih-agent status`
-//! shows), [`systemd`] (notifications) and [`units`] (durations and sizes
+//! shows), [`systemd`] (notifications) and `pulih_core::units` (durations and sizes
 //! in the configuration); [`daemon`] runs them, [`watch`] feeds continuous
 //! mode, [`repair`] resends chunks the DRC found damaged, [`check`]
 //! diagnoses a configuration.
@@ -29,7 +29,6 @@ pub mod snapshot;
 pub mod status;
 pub mod systemd;
 pub mod throttle;
-pub mod units;
 pub mod upload;
 pub mod watch;
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset, Weekday};
 
-use crate::units::{format_duration, parse_duration};
+use pulih_core::units::{format_duration, parse_duration};
 
 /// A parsed `schedule`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -85,43 +85,27 @@ impl DataDir {
     /// Takes the data directory's server lock: one `serve` per directory.
     /// Held until the returned file is dropped.
     pub fn lock_for_serving(&self) -> Result<std::fs::File> {
-        self.check_exists()?;
-        let path = self.root.join("serve.lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-            anyhow::anyhow!(
-                "another pulih-controller is already serving {} (lock {})",
-                self.root.display(),
-                path.display()
-            )
-        })?;
-        Ok(f)
+        self.lock("serve.lock", "another pulih-controller is already serving")
     }
 
     /// Takes the data directory's GC lock: one garbage collection (or
     /// catalog rebuild) at a time, beside a running `serve`. Held until the
     /// returned file is dropped.
     pub fn lock_for_gc(&self) -> Result<std::fs::File> {
+        self.lock("gc.lock", "another garbage collection is running in")
+    }
+
+    fn lock(&self, name: &str, busy: &str) -> Result<std::fs::File> {
         self.check_exists()?;
-        let path = self.root.join("gc.lock");
+        let path = self.root.join(name);
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-            anyhow::anyhow!(
-                "another garbage collection is running in {} (lock {})",
-                self.root.display(),
-                path.display()
-            )
-        })?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| anyhow::anyhow!("{busy} {} (lock {})", self.root.display(), path.display()))?;
         Ok(f)
     }
 

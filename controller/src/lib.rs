@@ -15,6 +15,7 @@ pub mod datadir;
 pub mod framed;
 pub mod gc;
 pub mod lifecycle;
+pub mod listen;
 pub mod metrics;
 pub mod pki;
 pub mod reader;

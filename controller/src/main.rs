@@ -411,30 +411,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             if json {
                 out!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                out!(
-                    "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10} STATE",
-                    "ID",
-                    "AGENT",
-                    "DATASET",
-                    "TIME",
-                    "FILES",
-                    "SIZE",
-                    "NEW"
-                );
-                for r in &rows {
-                    out!(
-                        "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10} {}",
-                        &r.id[..12],
-                        r.agent,
-                        r.dataset,
-                        format!("{}Z", &r.time[..r.time.len().min(19)]),
-                        r.files,
-                        pulih_controller::units::human_bytes(r.bytes),
-                        pulih_controller::units::human_bytes(r.bytes_new),
-                        r.state
-                    );
-                }
-                out!("{} snapshot(s)", rows.len());
+                out!("{}", pulih_controller::catalog::SnapshotRow::table(&rows));
             }
         }
         Cmd::Restore { dir, snapshot, dest, path, agent, dataset, json } => {

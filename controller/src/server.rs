@@ -23,10 +23,8 @@ use rustls::server::Acceptor;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::catalog::{Catalog, NewAudit, TokenCheck};
@@ -102,46 +100,22 @@ impl Server {
     /// Accepts connections until `shutdown` is cancelled or a fatal store
     /// error occurs; then waits for connections to finish (bounded).
     pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
-        let tracker = TaskTracker::new();
-        let conns = Arc::new(Semaphore::new(self.limits.max_connections));
         info!(addr = %listener.local_addr()?, "listening");
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = conns.clone().acquire_owned() => p.expect("semaphore never closed"),
-            };
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let this = self.clone();
-            let token = shutdown.clone();
-            tracker.spawn(
-                async move {
-                    let _permit = permit;
-                    if let Err(e) = this.clone().connection(stream, token.clone()).await {
-                        debug!(error = %format!("{e:#}"), "connection closed with error");
-                    }
-                    if let Some(why) = this.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-                        error!(reason = %why, "fatal store error, stopping");
-                        token.cancel();
-                    }
+        let token = shutdown.clone();
+        crate::listen::accept_loop(listener, self.limits.max_connections, shutdown, DRAIN, "agents", |stream, peer| {
+            let (this, token) = (self.clone(), token.clone());
+            async move {
+                if let Err(e) = this.clone().connection(stream, token.clone()).await {
+                    debug!(error = %format!("{e:#}"), "connection closed with error");
                 }
-                .instrument(tracing::info_span!("conn", %peer)),
-            );
-        }
-        tracker.close();
-        if tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.is_err() {
-            warn!("connections still open after 10 s; closing them");
-        }
+                if let Some(why) = this.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                    error!(reason = %why, "fatal store error, stopping");
+                    token.cancel();
+                }
+            }
+            .instrument(tracing::info_span!("conn", %peer))
+        })
+        .await;
         if let Some(why) = self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             anyhow::bail!("stopped after a fatal store error: {why}");
         }
@@ -424,6 +398,9 @@ impl Server {
         res
     }
 }
+
+/// How long open connections may finish after shutdown.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// Most certificates (enrollment included) issued to one agent in 24 hours.
 const MAX_CERTS_PER_DAY: u64 = 3;

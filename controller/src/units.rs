@@ -1,57 +1,22 @@
 //! Durations ("30d", "1d12h") and sizes ("50MiB") as written in
-//! `controller.toml`.
+//! `controller.toml`, in the shared syntax of [`pulih_core::units`], plus
+//! the controller's time zone offset and human byte counts.
 
-/// Parses a duration: one or more `<number><unit>` with units `s`, `m`,
-/// `h`, `d`, `w`, `y` (365 days). Returns seconds.
+/// Parses a duration (the syntax of [`pulih_core::units`]) into whole
+/// seconds, which is what the controller's settings are kept in.
 pub fn parse_duration(text: &str) -> Result<i64, String> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Err("empty duration".into());
+    let d = pulih_core::units::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("{text:?}: use whole seconds here"));
     }
-    let mut total: i64 = 0;
-    let mut num = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit: i64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            'y' => 365 * 86_400,
-            _ => return Err(format!("{text:?}: unknown unit {c:?} (use s, m, h, d, w or y, e.g. \"30d\")")),
-        };
-        let n: i64 = num.parse().map_err(|_| format!("{text:?}: a number must come before {c:?}"))?;
-        num.clear();
-        total =
-            n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(|| format!("{text:?} is too long"))?;
-    }
-    if !num.is_empty() {
-        return Err(format!("{text:?}: the number {num} has no unit (e.g. \"{num}d\")"));
-    }
-    Ok(total)
+    i64::try_from(d.as_secs()).map_err(|_| format!("{text:?} is too long"))
 }
 
 /// Formats seconds the way [`parse_duration`] reads them (largest units).
-pub fn format_duration(mut secs: i64) -> String {
-    if secs == 0 {
-        return "0s".into();
-    }
-    let mut out = String::new();
-    for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
-        if secs >= n {
-            out.push_str(&format!("{}{unit}", secs / n));
-            secs %= n;
-        }
-    }
-    out
+pub fn format_duration(secs: i64) -> String {
+    pulih_core::units::format_duration(std::time::Duration::from_secs(secs.max(0) as u64))
 }
 
-/// Parses a size: a number with an optional unit `B`, `KiB`, `MiB`, `GiB`,
-/// `TiB` (powers of 1024) or `KB`, `MB`, `GB`, `TB` (powers of 1000).
 /// Bytes for people: "512 B", "1.5 MiB".
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -68,25 +33,7 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{text:?} is not a size (e.g. \"50MiB\")"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        u => return Err(format!("{text:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)")),
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("{text:?} is too large"))
-}
+pub use pulih_core::units::parse_size;
 
 /// Parses a UTC offset such as `+07:00`, `-03:30` or `Z`.
 pub fn parse_offset(text: &str) -> Result<time::UtcOffset, String> {
@@ -115,7 +62,9 @@ mod tests {
         assert_eq!(parse_duration("30d").unwrap(), 30 * 86_400);
         assert_eq!(parse_duration("1d12h").unwrap(), 86_400 + 12 * 3600);
         assert_eq!(parse_duration("0s").unwrap(), 0);
-        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("30").unwrap_err().contains("a unit must follow 30"));
+        assert_eq!(parse_duration("1w").unwrap(), 7 * 86_400);
+        assert!(parse_duration("1500ms").unwrap_err().contains("whole seconds"));
         assert!(parse_duration("3x").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
         assert_eq!(format_duration(parse_duration("1d12h5s").unwrap()), "1d12h5s");

@@ -21,6 +21,7 @@ pub mod report;
 pub mod snapshot;
 pub mod tls;
 pub mod tree;
+pub mod units;
 
 pub use id::{ChunkId, SnapshotId, TreeId};
 pub use names::{AgentName, DatasetName};

@@ -32,9 +32,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::catalog::{Catalog, CatalogError, Role, TokenAuth};
@@ -484,62 +482,37 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let tracker = TaskTracker::new();
-    let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     info!(addr = %listener.local_addr()?, "API listening");
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = conns.clone().acquire_owned() => p.expect("semaphore never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "API accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let token = shutdown.clone();
-        tracker.spawn(
-            async move {
-                let _permit = permit;
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => return debug!(error = %e, "API TLS handshake failed"),
-                    Err(_) => return debug!("API TLS handshake timed out"),
-                };
-                let svc = tower::ServiceExt::map_request(router, move |mut r: Request<hyper::body::Incoming>| {
-                    r.extensions_mut().insert(Peer(peer));
-                    r
-                });
-                let svc = hyper_util::service::TowerToHyperService::new(svc);
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HANDSHAKE_TIMEOUT)
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "API connection ended") },
-                    _ = token.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
-                    }
+    let token = shutdown.clone();
+    crate::listen::accept_loop(listener, MAX_CONNECTIONS, shutdown, Duration::from_secs(15), "api", |stream, peer| {
+        let (acceptor, router, token) = (acceptor.clone(), router.clone(), token.clone());
+        async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return debug!(error = %e, "API TLS handshake failed"),
+                Err(_) => return debug!("API TLS handshake timed out"),
+            };
+            let svc = tower::ServiceExt::map_request(router, move |mut r: Request<hyper::body::Incoming>| {
+                r.extensions_mut().insert(Peer(peer));
+                r
+            });
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "API connection ended") },
+                _ = token.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
                 }
             }
-            .instrument(tracing::debug_span!("api", %peer)),
-        );
-    }
-    tracker.close();
-    if tokio::time::timeout(Duration::from_secs(15), tracker.wait()).await.is_err() {
-        warn!("API requests still running after 15 s; leaving them");
-    }
+        }
+        .instrument(tracing::debug_span!("api", %peer))
+    })
+    .await;
     Ok(())
 }
 

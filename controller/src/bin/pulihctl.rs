@@ -371,29 +371,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 return print_json(&rows).map(|_| ExitCode::SUCCESS);
             }
-            out!(
-                "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10}",
-                "ID",
-                "AGENT",
-                "DATASET",
-                "TIME",
-                "FILES",
-                "SIZE",
-                "NEW"
-            );
-            for r in &rows {
-                out!(
-                    "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10}",
-                    &r.id[..12.min(r.id.len())],
-                    r.agent,
-                    r.dataset,
-                    short(&r.time),
-                    r.files,
-                    pulih_controller::units::human_bytes(r.bytes),
-                    pulih_controller::units::human_bytes(r.bytes_new)
-                );
-            }
-            out!("{} snapshot(s)", rows.len());
+            out!("{}", SnapshotRow::table(&rows));
         }
         Cmd::Snapshot { cmd: SnapshotCmd::Show { id } } => {
             let d: SnapshotDetail = c.call("GET", &format!("/snapshots/{}", encode(&id)), None)?;

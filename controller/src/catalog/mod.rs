@@ -87,6 +87,32 @@ pub struct SnapshotRow {
     pub state: String,
 }
 
+impl SnapshotRow {
+    /// The human table `pulih-controller snapshots` and `pulihctl
+    /// snapshots` print, with a count line at the end.
+    pub fn table(rows: &[Self]) -> String {
+        let mut out = format!(
+            "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10} STATE\n",
+            "ID", "AGENT", "DATASET", "TIME", "FILES", "SIZE", "NEW"
+        );
+        for r in rows {
+            out.push_str(&format!(
+                "{:<12} {:<16} {:<12} {:<21} {:>8} {:>10} {:>10} {}\n",
+                &r.id[..12.min(r.id.len())],
+                r.agent,
+                r.dataset,
+                format!("{}Z", &r.time[..r.time.len().min(19)]),
+                r.files,
+                crate::units::human_bytes(r.bytes),
+                crate::units::human_bytes(r.bytes_new),
+                r.state
+            ));
+        }
+        out.push_str(&format!("{} snapshot(s)", rows.len()));
+        out
+    }
+}
+
 /// An agent as listed.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AgentRow {

@@ -1,8 +1,9 @@
 //! Durations ("500ms", "15m", "1h30m", "7d") and sizes ("20MiB", "500KiB")
-//! as written in `agent.toml`.
+//! as written in `agent.toml` and `controller.toml`: one syntax for both.
 //!
 //! A duration is one or more `<integer><unit>` parts, largest unit first,
-//! each unit at most once: `d` (24 h), `h`, `m`, `s`, `ms`, `us`, `ns`.
+//! each unit at most once: `y` (365 d), `w` (7 d), `d` (24 h), `h`, `m`,
+//! `s`, `ms`, `us`, `ns`.
 //! A lone `0` is zero. [`format_duration`] writes the same form back, so a
 //! value shown in a log or a status can be pasted into the configuration.
 //!
@@ -12,8 +13,11 @@
 
 use std::time::Duration;
 
-/// Units of a duration, largest first, in nanoseconds.
-const DURATION_UNITS: [(&str, u128); 7] = [
+/// Units of a duration, largest first, in nanoseconds. Years and weeks are
+/// read but never written (30 days stays "30d").
+const DURATION_UNITS: [(&str, u128); 9] = [
+    ("y", 365 * 86_400_000_000_000),
+    ("w", 7 * 86_400_000_000_000),
     ("d", 86_400_000_000_000),
     ("h", 3_600_000_000_000),
     ("m", 60_000_000_000),
@@ -50,9 +54,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
         let Some(i) = DURATION_UNITS.iter().position(|(u, _)| *u == unit) else {
             return Err(if unit.is_empty() {
-                format!("{EXPECTED_DURATION} (a unit must follow {number}: d, h, m, s, ms)")
+                format!("{EXPECTED_DURATION} (a unit must follow {number}: y, w, d, h, m, s, ms)")
             } else {
-                format!("{EXPECTED_DURATION} (unknown unit {unit:?}; units are d, h, m, s, ms)")
+                format!("{EXPECTED_DURATION} (unknown unit {unit:?}; units are y, w, d, h, m, s, ms)")
             });
         };
         if last.is_some_and(|l| i <= l) {
@@ -75,7 +79,7 @@ pub fn format_duration(d: Duration) -> String {
         return "0s".to_string();
     }
     let mut out = String::new();
-    for (unit, size) in DURATION_UNITS {
+    for (unit, size) in DURATION_UNITS.into_iter().skip(2) {
         if n >= size {
             out.push_str(&(n / size).to_string());
             out.push_str(unit);

@@ -20,7 +20,8 @@ pub mod config;
 pub mod conn;
 pub mod daemon;
 pub mod enroll;
-pub mod hooks;
+// Commands with timeouts now live in pulih-core (the controller runs drill checks with them too).
+pub use pulih_core::hooks;
 pub mod metrics;
 pub mod repair;
 pub mod scan;

@@ -26,5 +26,6 @@ pub mod scrub;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod systems;
 pub mod units;
 pub mod verify;

@@ -14,6 +14,7 @@ pub mod chunker;
 pub mod codec;
 pub mod enc;
 pub mod formats;
+pub mod hooks;
 pub mod id;
 pub mod names;
 pub mod protocol;

@@ -1,6 +1,7 @@
-//! `pre_hook` / `post_hook`: commands run around a snapshot to make a
-//! database consistent (`pg_backup_start`, a dump into a staging directory,
-//! `fsfreeze`).
+//! Commands Pulih runs with a timeout: the agent's `pre_hook` / `post_hook`
+//! around a snapshot (`pg_backup_start`, a dump into a staging directory,
+//! `fsfreeze`), and the controller's drill health checks, activation and
+//! teardown steps.
 //!
 //! A hook runs in its own process group with stdin from `/dev/null` and
 //! stdout and stderr into one pipe, so its output is interleaved the way a
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, Signal};
 
-use pulih_core::units::format_duration;
+use crate::units::format_duration;
 
 /// Bytes of output kept (the end of it).
 pub const OUTPUT_LIMIT: usize = 4096;

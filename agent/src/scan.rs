@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
-use pulih_core::chunker::Chunker;
+use pulih_core::chunker::ChunkWindow;
 use pulih_core::codec::Compressor;
 use pulih_core::snapshot::{SnapshotIssue, SnapshotStats};
 use pulih_core::tree::{Entry, EntryName, Node, Segment, Tree, FLAG_CHANGED_WHILE_READ};
@@ -576,6 +576,7 @@ fn worker(
     issues: Arc<Issues>,
 ) {
     let mut zstd = Compressor::new(level);
+    let mut window = ChunkWindow::new();
     loop {
         let job = {
             let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -586,7 +587,7 @@ fn worker(
             return;
         }
         let slot = job.slot;
-        let out = match read_file(&job, &mut zstd, &items, &progress, &seen) {
+        let out = match read_file(&job, &mut zstd, &mut window, &items, &progress, &seen) {
             Ok(Some((done, changed))) => {
                 if changed {
                     progress.changed_while_read.fetch_add(1, Ordering::Relaxed);
@@ -658,6 +659,7 @@ fn extents(f: &File, size: u64, blocks: u64) -> io::Result<Vec<(u64, u64)>> {
 fn read_file(
     job: &Job,
     zstd: &mut Compressor,
+    window: &mut ChunkWindow,
     items: &SyncSender<Item>,
     progress: &Progress,
     seen: &Mutex<HashSet<ChunkId>>,
@@ -687,11 +689,8 @@ fn read_file(
             segments.push(Segment::Hole { len: off - pos });
         }
         f.seek(io::SeekFrom::Start(off))?;
-        let mut read = 0u64;
-        for chunk in Chunker::new((&f).take(len)) {
-            let data = chunk?;
-            read += data.len() as u64;
-            let id = ChunkId::of(&data);
+        let read = window.chunks((&f).take(len), |data| -> Result<(), ReadFail> {
+            let id = ChunkId::of(data);
             let raw_len = data.len() as u32;
             segments.push(Segment::Data { id, len: raw_len });
             let fresh = !known.contains(&id) && {
@@ -702,13 +701,11 @@ fn read_file(
                 s.insert(id)
             };
             if fresh {
-                let mut packed = zstd.compress(&data);
-                // zstd sizes its output for the worst case (about the raw
-                // size); queued chunks would otherwise hold raw-size buffers.
-                packed.shrink_to_fit();
+                let packed = zstd.compress(data);
                 items.send(Item::Chunk { id, raw_len, data: packed }).map_err(|_| ReadFail::Aborted)?;
             }
-        }
+            Ok(())
+        })?;
         progress.bytes_read.fetch_add(read, Ordering::Relaxed);
         pos = off + read;
         total = pos;

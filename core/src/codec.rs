@@ -32,19 +32,26 @@ pub fn compress(plain: &[u8], level: i32) -> Vec<u8> {
     zstd::bulk::compress(plain, level).expect("zstd compression into memory failed")
 }
 
-/// A reusable compressor (keeps its zstd context between calls).
+/// A reusable compressor (keeps its zstd context and a scratch buffer
+/// between calls).
 pub struct Compressor {
     inner: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
 }
 
 impl Compressor {
     /// A compressor at zstd `level`.
     pub fn new(level: i32) -> Self {
-        Self { inner: zstd::bulk::Compressor::new(level).expect("zstd context allocation failed") }
+        Self { inner: zstd::bulk::Compressor::new(level).expect("zstd context allocation failed"), scratch: Vec::new() }
     }
-    /// Compresses `plain` into one frame.
+    /// Compresses `plain` into one frame, returned in an allocation of its
+    /// exact size: frames wait in queues, and zstd's worst-case sized output
+    /// would hold about the plaintext's size for each of them.
     pub fn compress(&mut self, plain: &[u8]) -> Vec<u8> {
-        self.inner.compress(plain).expect("zstd compression into memory failed")
+        self.scratch.clear();
+        self.scratch.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+        self.inner.compress_to_buffer(plain, &mut self.scratch).expect("zstd compression into memory failed");
+        self.scratch.as_slice().to_vec()
     }
 }
 

@@ -335,8 +335,8 @@ enabled = true
 interval = "1d"
 
 [prune]
-# Penerapan terjadwal kebijakan [[retention]] oleh `serve` (true/false)
-# Scheduled application of the [[retention]] policies by `serve` (true/false).
+# Penerapan terjadwal kebijakan retensi (tabel retention di bawah) oleh `serve` (true/false)
+# Scheduled application of the retention policies (tables below) by `serve` (true/false).
 enabled = true
 # Jeda antar prune terjadwal (s, m, h, d, w)
 # Time between scheduled prunes (s, m, h, d, w).

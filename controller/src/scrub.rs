@@ -460,6 +460,15 @@ pub fn run_scheduled(
             .and_then(|store| Ok((store, Catalog::open(catalog_path)?)))
             .and_then(|(store, mut cat)| scrub_tracked(&store, &mut cat, Some(rate), &stopped, &slot.progress));
         drop(slot);
+        // Audited like a scrub started by hand (it marks snapshots damaged).
+        let detail = res.as_ref().map_or(
+            serde_json::json!({}),
+            |r| serde_json::json!({ "damaged": r.damage.len(), "blobs_checked": r.blobs_checked, "run_id": r.run_id }),
+        );
+        let entry = crate::catalog::NewAudit::new(crate::lifecycle::SCHEDULER, "scrub", "store", detail);
+        if let Err(e) = Catalog::open(catalog_path).and_then(|mut c| c.audit(&entry, &res)) {
+            warn!(error = %e, "scheduled scrub could not be recorded in the audit log");
+        }
         match res {
             Ok(r) if r.damage.is_empty() => {}
             Ok(r) => {

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -58,9 +59,18 @@ pub async fn prune(
     }
     let dd = st.datadir.clone();
     let r = req.clone();
-    let outcome =
-        blocking("prune", move || lifecycle::prune(&dd, r.dry_run, r.agent.as_deref(), r.dataset.as_deref(), r.gc))
-            .await?;
+    let outcome = blocking("prune", move || {
+        let mut o = lifecycle::prune(&dd, r.dry_run, r.agent.as_deref(), r.dataset.as_deref(), false)?;
+        if r.gc {
+            // Separate, so a busy GC lock says the snapshots were forgotten all the same.
+            let report = lifecycle::collect(&dd, None, false).with_context(|| {
+                format!("{} snapshot(s) were forgotten, but garbage collection did not run", o.removed.len())
+            })?;
+            o.gc = Some(report);
+        }
+        Ok::<_, anyhow::Error>(o)
+    })
+    .await?;
     if !req.dry_run {
         let removed = outcome.as_ref().map(|o| o.removed.clone()).unwrap_or_default();
         let detail = json!({ "agent": req.agent, "dataset": req.dataset, "removed": removed, "gc": req.gc });

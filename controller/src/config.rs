@@ -24,22 +24,56 @@ pub struct ControllerConfig {
     #[serde(default)]
     pub scrub: ScrubSection,
     #[serde(default)]
+    pub prune: PruneSection,
+    #[serde(default)]
+    pub restore: RestoreSection,
+    #[serde(default)]
     pub api: ApiSection,
 }
 
-/// `[gc]`: garbage collection.
+/// `[gc]`: garbage collection, also scheduled inside `serve`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GcSection {
     /// Duration (e.g. "24h") a blob is kept after an upload last relied on
     /// it, so an interrupted upload can resume from its checkpoints.
     pub grace: String,
+    /// Whether `serve` collects garbage on its own.
+    pub enabled: bool,
+    /// Duration between scheduled collections (run after a scheduled prune
+    /// that is due at the same time).
+    pub interval: String,
 }
 
 impl Default for GcSection {
     fn default() -> Self {
-        Self { grace: "24h".into() }
+        Self { grace: "24h".into(), enabled: true, interval: "1d".into() }
     }
+}
+
+/// `[prune]`: the `[[retention]]` policies applied by `serve` on its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PruneSection {
+    /// Whether `serve` prunes on its own.
+    pub enabled: bool,
+    /// Duration between scheduled prunes.
+    pub interval: String,
+}
+
+impl Default for PruneSection {
+    fn default() -> Self {
+        Self { enabled: true, interval: "1d".into() }
+    }
+}
+
+/// `[restore]`: where restores requested over the API may write.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreSection {
+    /// Directory under which API restores are confined (default
+    /// `<data dir>/restores`). The local CLI is not confined.
+    pub root: Option<std::path::PathBuf>,
 }
 
 /// `[scrub]`: scheduled re-reading of every stored blob inside `serve`.
@@ -163,6 +197,18 @@ impl ControllerConfig {
         )
     }
 
+    /// `(prune, gc)` intervals in seconds of the maintenance scheduled
+    /// inside `serve`; `None` when disabled (validated).
+    pub fn maintenance_schedule(&self) -> (Option<i64>, Option<i64>) {
+        let every = |on: bool, s: &str| on.then(|| units::parse_duration(s).unwrap_or(86_400).max(1));
+        (every(self.prune.enabled, &self.prune.interval), every(self.gc.enabled, &self.gc.interval))
+    }
+
+    /// The directory API restores are confined to.
+    pub fn restore_root(&self, data_dir: &Path) -> std::path::PathBuf {
+        self.restore.root.clone().unwrap_or_else(|| data_dir.join("restores"))
+    }
+
     /// Every problem at once.
     pub fn validate(&self) -> Result<()> {
         let mut problems = Vec::new();
@@ -213,6 +259,18 @@ impl ControllerConfig {
             Ok(0) => problems.push("scrub.interval must be longer than 0s".into()),
             Ok(_) => {}
             Err(e) => problems.push(format!("scrub.interval: {e}")),
+        }
+        for (key, v) in [("prune.interval", &self.prune.interval), ("gc.interval", &self.gc.interval)] {
+            match units::parse_duration(v) {
+                Ok(0) => problems.push(format!("{key} must be longer than 0s")),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("{key}: {e}")),
+            }
+        }
+        if let Some(root) = &self.restore.root {
+            if !root.is_absolute() {
+                problems.push(format!("restore.root = {:?} must be an absolute path", root.display().to_string()));
+            }
         }
         if let Err(e) = units::parse_size(&self.scrub.rate) {
             problems.push(format!("scrub.rate: {e}"));
@@ -269,6 +327,27 @@ auth_failures_per_minute = 10
 # Lama blob dipertahankan setelah terakhir dipakai unggahan (agar unggahan terputus bisa dilanjutkan)
 # How long a blob is kept after an upload last relied on it (so an interrupted upload can resume).
 grace = "24h"
+# Pengumpulan sampah terjadwal oleh `serve` (true/false); berjalan sesudah prune terjadwal
+# Scheduled garbage collection by `serve` (true/false); runs after a scheduled prune.
+enabled = true
+# Jeda antar pengumpulan sampah terjadwal (s, m, h, d, w)
+# Time between scheduled garbage collections (s, m, h, d, w).
+interval = "1d"
+
+[prune]
+# Penerapan terjadwal kebijakan retensi (tabel retention di bawah) oleh `serve` (true/false)
+# Scheduled application of the retention policies (tables below) by `serve` (true/false).
+enabled = true
+# Jeda antar prune terjadwal (s, m, h, d, w)
+# Time between scheduled prunes (s, m, h, d, w).
+interval = "1d"
+
+[restore]
+# Pemulihan lewat API (pulihctl restore) hanya boleh menulis di bawah direktori ini;
+# tujuannya jalur relatif. Bawaan: <direktori data>/restores. CLI lokal tidak dibatasi.
+# Restores over the API (pulihctl restore) may write only below this directory; their
+# target is a relative path. Default: <data dir>/restores. The local CLI is not confined.
+# root = "/srv/pulih-restores"
 
 [scrub]
 # Pemeriksaan ulang terjadwal seluruh blob oleh `serve` (true/false)
@@ -283,8 +362,8 @@ rate = "50MiB"
 
 # Retensi: tabel [[retention]] pertama yang cocok dengan agen/dataset berlaku; tanpa yang cocok, semua disimpan.
 # Retention: the first [[retention]] table matching the agent/dataset applies; with none, all are kept.
-# Dipakai oleh `pulih-controller prune`; snapshot terbaru suatu dataset tidak pernah dihapus oleh kebijakan.
-# Used by `pulih-controller prune`; the newest snapshot of a dataset is never removed by a policy.
+# Dipakai oleh `pulih-controller prune` dan [prune] terjadwal; snapshot terbaru suatu dataset tidak pernah dihapus oleh kebijakan.
+# Used by `pulih-controller prune` and the scheduled [prune]; the newest snapshot of a dataset is never removed by a policy.
 [[retention]]
 # Nama agen, atau "*" untuk semua agen
 # Agent name, or "*" for every agent.

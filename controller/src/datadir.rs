@@ -16,6 +16,13 @@ use crate::config::{self, ControllerConfig};
 use crate::pki::{self, PkiPaths};
 use crate::store::Store;
 
+/// A lock of the data directory is held by another process or thread
+/// (e.g. a garbage collection is already running). Callers may downcast
+/// to it to answer "busy" instead of "failed".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LockBusy(pub String);
+
 /// A data directory.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -105,7 +112,7 @@ impl DataDir {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| anyhow::anyhow!("{busy} {} (lock {})", self.root.display(), path.display()))?;
+            .map_err(|_| LockBusy(format!("{busy} {} (lock {})", self.root.display(), path.display())))?;
         Ok(f)
     }
 

@@ -119,7 +119,7 @@ impl Default for GcOptions {
 }
 
 /// What a run did (or, dry, would do).
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GcReport {
     /// Row in `gc_runs` (none for a dry run).
     pub run_id: Option<i64>,

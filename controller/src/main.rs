@@ -9,14 +9,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use pulih_controller::api::{self, ApiState, FailureLimiter};
-use pulih_controller::catalog::{actor_local, now_secs, NewAudit, Role};
+use pulih_controller::catalog::{actor_local, now_secs, AuditRow, NewAudit, Role};
 use pulih_controller::config::{DEFAULT_API_LISTEN, DEFAULT_LISTEN};
 use pulih_controller::datadir::DataDir;
 use pulih_controller::metrics::Metrics;
 use pulih_controller::pki::Ca;
 use pulih_controller::server::{self, Limits, Server};
 use pulih_controller::verify::Verifier;
-use pulih_controller::{gc, lifecycle, pki, rebuild, restore, scrub};
+use pulih_controller::{lifecycle, pki, rebuild, restore, scrub};
 use pulih_core::out;
 use pulih_core::{AgentName, TreeId};
 use tokio_util::sync::CancellationToken;
@@ -200,6 +200,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The audit log on this host: list rows, or verify the hash chain.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
     /// Rebuild a lost catalog.db from the store and pki/issued/.
     RebuildCatalog {
         #[command(flatten)]
@@ -242,6 +247,30 @@ enum TokenCmd {
         name: String,
         #[command(flatten)]
         dir: DataDirArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Rows of the audit log, oldest first.
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Rows after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the hash chain; exit 2 and name the first bad row when it is broken.
+    Verify {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -298,12 +327,17 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let ca = Ca::load(&dd.pki())?;
             let (chain, key) = pki::load_server(&dd.pki())?;
             let api_tls = Arc::new(api::tls_config(chain.clone(), key.clone_key())?);
+            let scrubs = Arc::new(scrub::ScrubTracker::default());
             let api_state = Arc::new(ApiState {
                 backend: backend.clone(),
                 ca_fingerprint: ca.fingerprint().to_string(),
                 enroll_ttl_hours: cfg.enroll.token_ttl_hours,
                 metrics: Arc::new(Metrics::new()),
                 limiter: FailureLimiter::new(cfg.api.auth_failures_per_minute),
+                datadir: dd.clone(),
+                restore_root: cfg.restore_root(&dd.root),
+                scrub_rate: cfg.scrub_schedule().1,
+                scrub: scrubs.clone(),
             });
             let router = api::router(api_state, cfg.api.metrics);
             let limits = Limits {
@@ -315,14 +349,19 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             server.pki = Some(dd.pki());
             let server = Arc::new(server);
             let addr = listen.unwrap_or(cfg.controller.listen.clone());
-            // Scheduled scrub on its own thread and catalog connection,
-            // stopped and joined at shutdown.
-            let stop_scrub = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            // Scheduled scrub, and prune + GC, each on its own thread and
+            // catalog connection, stopped and joined at shutdown.
             let scrubber = cfg.scrub.enabled.then(|| {
                 let (interval, rate) = cfg.scrub_schedule();
-                let (store_root, catalog_path, stop) = (dd.store_path(), dd.catalog_path(), stop_scrub.clone());
-                std::thread::spawn(move || scrub::run_scheduled(&store_root, &catalog_path, interval, rate, &stop))
+                let (store_root, catalog_path, tracker) = (dd.store_path(), dd.catalog_path(), scrubs.clone());
+                std::thread::spawn(move || scrub::run_scheduled(&store_root, &catalog_path, interval, rate, &tracker))
             });
+            let stop_maintenance = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let maintenance = {
+                let (prune_every, gc_every) = cfg.maintenance_schedule();
+                let (dd, stop) = (dd.clone(), stop_maintenance.clone());
+                std::thread::spawn(move || lifecycle::run_scheduled(&dd, prune_every, gc_every, &stop))
+            };
             let api_addr = cfg.api.listen.clone();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let served = rt.block_on(async move {
@@ -349,10 +388,15 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 let api = api.await.context("API task")?;
                 agents.and(api)
             });
-            stop_scrub.store(true, std::sync::atomic::Ordering::Relaxed);
+            // Scrubs (scheduled or started over the API) poll this between blobs.
+            scrubs.stop();
+            stop_maintenance.store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(t) = scrubber {
                 let _ = t.join();
             }
+            let _ = maintenance.join();
+            // Waits for blocking tasks (a scrub started over the API) to end.
+            drop(rt);
             served?;
         }
         Cmd::EnrollAgent { name, dir, json } => {
@@ -393,6 +437,28 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             out!("Agent {name} revoked ({n} certificate(s)); it is refused from its next connection on.");
         }
         Cmd::Token { cmd } => token_cmd(cmd)?,
+        Cmd::Audit { cmd: AuditCmd::List { dir, after, limit, json } } => {
+            if limit == 0 {
+                bail!("--limit must be at least 1");
+            }
+            let rows = DataDir::new(&dir.data_dir).catalog()?.audit_rows(after, limit)?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                out!("{}", AuditRow::table(&rows, std::io::stdout().is_terminal()));
+            }
+        }
+        Cmd::Audit { cmd: AuditCmd::Verify { dir, json } } => {
+            let v = DataDir::new(&dir.data_dir).catalog()?.audit_verify()?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                out!("{}", v.summary());
+            }
+            if !v.ok {
+                return Ok(ExitCode::from(2));
+            }
+        }
         Cmd::Agents { dir, json } => {
             let agents = DataDir::new(&dir.data_dir).catalog()?.agents()?;
             if json {
@@ -534,30 +600,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 audit_local(&dd, "prune", agent.as_deref().unwrap_or("*"), detail, &outcome);
             }
             let outcome = outcome?;
-            let (plans, remove, gc_report) = (&outcome.datasets, &outcome.removed, &outcome.gc);
             if json {
                 out!("{}", serde_json::to_string_pretty(&outcome)?);
             } else {
-                for p in plans {
-                    let rule = p.rule.map_or("no [[retention]] matches: keep all".to_string(), |i| {
-                        format!("[[retention]] #{}", i + 1)
-                    });
-                    out!("{}/{} ({rule})", p.agent, p.dataset);
-                    for d in &p.decisions {
-                        out!(
-                            "  {} {} {}  {}",
-                            if d.keep { "keep  " } else { "remove" },
-                            &d.id[..12],
-                            pulih_controller::catalog::rfc3339_ns(d.time_ns),
-                            d.reasons.join(", ")
-                        );
-                    }
-                }
-                let verb = if dry_run { "would be removed (dry run)" } else { "removed" };
-                out!("{} snapshot(s) {verb}", remove.len());
-                if let Some(g) = gc_report {
-                    print_gc(g);
-                }
+                out!("{}", outcome.table());
             }
         }
         Cmd::Gc { dir, dry_run, grace, json } => {
@@ -569,16 +615,13 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 .map_err(anyhow::Error::msg)?;
             let report = lifecycle::collect(&dd, grace, dry_run);
             if !dry_run {
-                let detail = report.as_ref().map_or(serde_json::json!({}), |r| {
-                    serde_json::json!({ "trees_removed": r.trees_removed, "chunks_removed": r.chunks_removed, "bytes_removed": r.bytes_removed })
-                });
-                audit_local(&dd, "gc", "store", detail, &report);
+                audit_local(&dd, "gc", "store", lifecycle::gc_detail(&report), &report);
             }
             let report = report?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print_gc(&report);
+                out!("{}", report.summary());
             }
         }
         Cmd::Scrub { dir, rate, json } => {
@@ -617,17 +660,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             if json {
                 out!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                out!("{:<6} {:<64} {:<9} {:<21} DETAIL", "KIND", "ID", "STATE", "FOUND");
-                for r in &rows {
-                    out!(
-                        "{:<6} {:<64} {:<9} {:<21} {}",
-                        r.kind,
-                        r.id,
-                        r.state,
-                        pulih_controller::catalog::rfc3339_ns(r.found_at * 1_000_000_000),
-                        r.detail
-                    );
-                }
+                out!("{}", pulih_controller::catalog::DamageRow::table(&rows));
             }
         }
         Cmd::RebuildCatalog { dir, force, json } => {
@@ -676,26 +709,9 @@ fn audit_local<T, E: std::fmt::Display>(
     detail: serde_json::Value,
     outcome: &Result<T, E>,
 ) {
-    let entry = NewAudit::new(&actor_local(), action, target, detail);
-    let recorded = dd.catalog().and_then(|mut c| c.audit(&entry, outcome).map_err(anyhow::Error::from));
-    if let Err(e) = recorded {
+    if let Err(e) = lifecycle::record(dd, &actor_local(), action, target, detail, outcome) {
         eprintln!("warning: {action} could not be recorded in the audit log: {e:#}");
     }
-}
-
-fn print_gc(r: &gc::GcReport) {
-    let verb = if r.dry_run { "would remove" } else { "removed" };
-    out!(
-        "GC: {} snapshot(s), {} tree(s) and {} chunk(s) reachable, {} recent blob(s) kept (grace); {verb} {} tree(s) and {} chunk(s), {} in {:.1} s",
-        r.snapshots,
-        r.reachable_trees,
-        r.reachable_chunks,
-        r.kept_recent,
-        r.trees_removed,
-        r.chunks_removed,
-        pulih_controller::units::human_bytes(r.bytes_removed),
-        r.seconds
-    );
 }
 
 fn token_cmd(cmd: TokenCmd) -> Result<()> {

@@ -43,6 +43,8 @@ pub const SCRUB_LAST_BLOBS: &str = "pulih_scrub_last_blobs_checked";
 pub const GC_LAST_FINISHED: &str = "pulih_gc_last_finished_timestamp_seconds";
 pub const GC_LAST_FREED: &str = "pulih_gc_last_freed_bytes";
 pub const GC_FREED_TOTAL: &str = "pulih_gc_freed_bytes_total";
+pub const PRUNE_LAST_FINISHED: &str = "pulih_prune_last_finished_timestamp_seconds";
+pub const PRUNE_LAST_REMOVED: &str = "pulih_prune_last_removed_snapshots";
 
 /// Metric failures.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,8 @@ pub struct Metrics {
     gc_finished: IntGauge,
     gc_freed: IntGauge,
     gc_freed_total: IntGauge,
+    prune_finished: IntGauge,
+    prune_removed: IntGauge,
     api_requests: IntCounterVec,
 }
 
@@ -132,6 +136,11 @@ impl Metrics {
             gc_finished: reg(&r, one(GC_LAST_FINISHED, "End of the last successful garbage collection (Unix seconds)")),
             gc_freed: reg(&r, one(GC_LAST_FREED, "Bytes freed by the last successful garbage collection")),
             gc_freed_total: reg(&r, one(GC_FREED_TOTAL, "Bytes freed by all recorded garbage collections")),
+            prune_finished: reg(
+                &r,
+                one(PRUNE_LAST_FINISHED, "End of the last prune (retention applied; Unix seconds)"),
+            ),
+            prune_removed: reg(&r, one(PRUNE_LAST_REMOVED, "Snapshots the last prune removed")),
             api_requests: reg(
                 &r,
                 IntCounterVec::new(
@@ -221,6 +230,11 @@ impl Metrics {
             self.gc_freed.set(g.bytes_removed as i64);
         }
         self.gc_freed_total.set(runs.iter().map(|g| g.bytes_removed as i64).sum());
+        let meta_int = |k: &str| -> Result<Option<i64>, CatalogError> { Ok(cat.meta(k)?.and_then(|v| v.parse().ok())) };
+        if let Some(at) = meta_int(crate::lifecycle::META_PRUNE_AT)? {
+            self.prune_finished.set(at);
+            self.prune_removed.set(meta_int(crate::lifecycle::META_PRUNE_REMOVED)?.unwrap_or(0));
+        }
         Ok(())
     }
 

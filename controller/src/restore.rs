@@ -90,6 +90,79 @@ fn open_dir_at(dir: impl AsFd, name: &[u8]) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Why a restore target given over the API is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfineError {
+    #[error("target {0:?} must be a relative path below the restore root ([restore] root), not an absolute path")]
+    Absolute(String),
+    #[error("target {0:?} may not contain '..'")]
+    ParentDir(String),
+    #[error("target {0:?} is empty, too long or contains a NUL byte")]
+    Malformed(String),
+    #[error(
+        "target {target:?}: {component:?} is a symbolic link; restores do not follow links below the restore root"
+    )]
+    Symlink { target: String, component: String },
+    #[error("target {target:?}: {component:?} exists and is not a directory")]
+    NotDir { target: String, component: String },
+    #[error("restore root {root}: {source}")]
+    Root { root: String, source: io::Error },
+    #[error("target {target:?}: {source}")]
+    Io { target: String, source: io::Error },
+}
+
+/// Opens (creating what is missing, mode 0700) the directory `rel` below
+/// `root`: `rel` must be relative, without `..`, and no component below
+/// `root` may be a symbolic link. Each component is opened with
+/// `O_NOFOLLOW` relative to its parent's descriptor, so a link swapped in
+/// while this runs is refused too, not followed. `root` itself (set by the
+/// administrator) is created if missing and may be a link.
+pub fn open_confined(root: &Path, rel: &str) -> Result<(OwnedFd, std::path::PathBuf), ConfineError> {
+    if rel.starts_with('/') {
+        return Err(ConfineError::Absolute(rel.into()));
+    }
+    let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    if parts.contains(&"..") {
+        return Err(ConfineError::ParentDir(rel.into()));
+    }
+    if parts.is_empty() || rel.len() > 4096 || rel.contains('\0') {
+        return Err(ConfineError::Malformed(rel.into()));
+    }
+    let root_err = |source: io::Error| ConfineError::Root { root: root.display().to_string(), source };
+    std::fs::create_dir_all(root).map_err(root_err)?;
+    let mut dir = rustix::fs::openat(CWD, root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| root_err(e.into()))?;
+    let io = |source: io::Error| ConfineError::Io { target: rel.into(), source };
+    for (i, part) in parts.iter().enumerate() {
+        let shown = parts[..=i].join("/");
+        let name = part.as_bytes();
+        let opened = match open_dir_at(&dir, name) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match rustix::fs::mkdirat(&dir, OsStr::from_bytes(name), Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(io(e.into())),
+                }
+                open_dir_at(&dir, name)
+            }
+            other => other,
+        };
+        dir = match opened {
+            Ok(fd) => fd,
+            Err(e) => {
+                // ELOOP (a link) or ENOTDIR: say which.
+                let st =
+                    rustix::fs::statat(&dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW).map_err(|_| io(e))?;
+                return Err(if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+                    ConfineError::Symlink { target: rel.into(), component: shown }
+                } else {
+                    ConfineError::NotDir { target: rel.into(), component: shown }
+                });
+            }
+        };
+    }
+    Ok((dir, root.join(parts.join("/"))))
+}
+
 /// Restores the tree `root` (or the entry at `subpath` within it) into `dest`.
 pub fn restore(store: &Store, root: &TreeId, subpath: &[Vec<u8>], dest: &Path) -> Result<RestoreStats, RestoreError> {
     let dest_s = dest.display().to_string();
@@ -106,6 +179,25 @@ pub fn restore(store: &Store, root: &TreeId, subpath: &[Vec<u8>], dest: &Path) -
     }
     let root_fd = rustix::fs::openat(CWD, dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| RestoreError::Io { path: dest_s.clone(), source: e.into() })?;
+    restore_into(store, root, subpath, root_fd, &dest_s)
+}
+
+/// Restores into an open, empty directory (`dest_s` names it in errors):
+/// how the API restores into a target opened by [`open_confined`].
+pub fn restore_into(
+    store: &Store,
+    root: &TreeId,
+    subpath: &[Vec<u8>],
+    root_fd: OwnedFd,
+    dest_s: &str,
+) -> Result<RestoreStats, RestoreError> {
+    let dest_s = dest_s.to_owned();
+    let mut entries = rustix::fs::Dir::read_from(&root_fd)
+        .map_err(|e| RestoreError::Io { path: dest_s.clone(), source: e.into() })?;
+    let has_entries = entries.any(|e| e.is_ok_and(|e| ![&b"."[..], &b".."[..]].contains(&e.file_name().to_bytes())));
+    if has_entries {
+        return Err(RestoreError::DestNotEmpty(dest_s));
+    }
     let owners = rustix::process::geteuid().is_root();
     let mut ctx = Ctx { store, root: root_fd, owners, links: HashMap::new(), stats: RestoreStats::default() };
 
@@ -259,6 +351,30 @@ mod tests {
     use pulih_core::tree::{EntryName, Tree};
     use std::num::NonZeroU64;
     use std::os::unix::fs::{symlink, MetadataExt};
+
+    #[test]
+    fn api_targets_are_confined_below_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("restores");
+        let (_, p) = open_confined(&root, "opd/web/./2026").unwrap();
+        assert_eq!(p, root.join("opd/web/2026"));
+        assert!(root.join("opd/web/2026").is_dir());
+        // Opening an existing directory again is fine.
+        open_confined(&root, "opd/web").unwrap();
+        assert!(matches!(open_confined(&root, "/etc"), Err(ConfineError::Absolute(_))));
+        assert!(matches!(open_confined(&root, "a/../../etc"), Err(ConfineError::ParentDir(_))));
+        assert!(matches!(open_confined(&root, ".."), Err(ConfineError::ParentDir(_))));
+        assert!(matches!(open_confined(&root, "./"), Err(ConfineError::Malformed(_))));
+        assert!(matches!(open_confined(&root, "a\0b"), Err(ConfineError::Malformed(_))));
+        symlink(dir.path(), root.join("opd/escape")).unwrap();
+        match open_confined(&root, "opd/escape/x") {
+            Err(ConfineError::Symlink { component, .. }) => assert_eq!(component, "opd/escape"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!dir.path().join("x").exists(), "nothing created through the link");
+        std::fs::write(root.join("file"), b"x").unwrap();
+        assert!(matches!(open_confined(&root, "file/x"), Err(ConfineError::NotDir { .. })));
+    }
 
     fn put_tree(store: &Store, entries: Vec<Entry>) -> TreeId {
         let (id, bytes) = Tree::new(entries).unwrap().encode();

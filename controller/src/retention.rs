@@ -110,7 +110,7 @@ pub struct Candidate {
 }
 
 /// Whether a snapshot is kept, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     pub id: String,
     pub time_ns: i64,
@@ -193,7 +193,7 @@ pub fn plan(snaps: &[Candidate], policy: &Policy, offset: UtcOffset, now_ns: i64
 }
 
 /// The plan of one dataset.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DatasetPlan {
     pub agent: String,
     pub dataset: String,

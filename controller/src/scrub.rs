@@ -19,8 +19,15 @@
 //!
 //! Scrub opens its own catalog connection and never holds the server's
 //! catalog mutex; SQLite serializes its few writes with the sessions'.
+//!
+//! Inside `serve`, one [`ScrubTracker`] is shared by the scheduled scrub and
+//! the API (`POST /api/v1/scrub`): at most one scrub runs at a time in the
+//! process, its progress is visible (`GET /api/v1/scrub`), and both stop
+//! at shutdown.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pulih_core::codec;
@@ -68,6 +75,110 @@ pub struct ScrubReport {
     pub seconds: f64,
 }
 
+/// Progress of a running scrub, updated as it goes.
+#[derive(Debug, Default)]
+pub struct ScrubProgress {
+    /// Row in `scrub_runs` (0 until it is recorded).
+    pub run_id: AtomicI64,
+    pub blobs_total: AtomicU64,
+    pub blobs_checked: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub bytes_checked: AtomicU64,
+    pub damaged: AtomicU64,
+}
+
+/// The scrub running in this process, as shown by `GET /api/v1/scrub`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ScrubNow {
+    /// Row in `scrub_runs` (none until it is recorded).
+    pub run_id: Option<i64>,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// `scheduler` or `token:NAME`.
+    pub started_by: String,
+    /// Bytes per second at most (none: unlimited).
+    pub rate: Option<u64>,
+    pub blobs_total: u64,
+    pub blobs_checked: u64,
+    pub bytes_total: u64,
+    pub bytes_checked: u64,
+    /// Damaged blobs found so far by this run.
+    pub damaged: u64,
+}
+
+struct Running {
+    started_at: i64,
+    started_by: String,
+    rate: Option<u64>,
+    progress: Arc<ScrubProgress>,
+}
+
+/// One scrub at a time per process, its progress, and the stop signal.
+#[derive(Default)]
+pub struct ScrubTracker {
+    running: Mutex<Option<Running>>,
+    stop: AtomicBool,
+}
+
+/// Held while a scrub runs; dropping it frees the tracker.
+pub struct ScrubSlot {
+    tracker: Arc<ScrubTracker>,
+    pub progress: Arc<ScrubProgress>,
+}
+
+impl Drop for ScrubSlot {
+    fn drop(&mut self) {
+        *self.tracker.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl ScrubTracker {
+    /// Claims the slot, or `None` when a scrub is already running.
+    pub fn try_start(self: &Arc<Self>, by: &str, rate: Option<u64>) -> Option<ScrubSlot> {
+        let mut g = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_some() {
+            return None;
+        }
+        let progress = Arc::new(ScrubProgress::default());
+        *g = Some(Running {
+            started_at: crate::catalog::now_secs(),
+            started_by: by.to_owned(),
+            rate,
+            progress: progress.clone(),
+        });
+        Some(ScrubSlot { tracker: self.clone(), progress })
+    }
+
+    /// The running scrub, if any.
+    pub fn now(&self) -> Option<ScrubNow> {
+        let g = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().map(|r| {
+            let p = &r.progress;
+            let run = p.run_id.load(Ordering::Relaxed);
+            ScrubNow {
+                run_id: (run > 0).then_some(run),
+                started_at: r.started_at,
+                started_by: r.started_by.clone(),
+                rate: r.rate,
+                blobs_total: p.blobs_total.load(Ordering::Relaxed),
+                blobs_checked: p.blobs_checked.load(Ordering::Relaxed),
+                bytes_total: p.bytes_total.load(Ordering::Relaxed),
+                bytes_checked: p.bytes_checked.load(Ordering::Relaxed),
+                damaged: p.damaged.load(Ordering::Relaxed),
+            }
+        })
+    }
+
+    /// Asks every scrub of this process to stop (at shutdown).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
 /// Checks one blob; `Ok(Some(reason))` is damage.
 fn check(store: &Store, b: &BlobRef, raw_len: u64) -> Result<Option<String>, StoreError> {
     let res = match b.kind {
@@ -94,10 +205,22 @@ pub fn scrub(
     rate: Option<u64>,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<ScrubReport, ScrubError> {
+    scrub_tracked(store, cat, rate, cancelled, &ScrubProgress::default())
+}
+
+/// [`scrub`], reporting its progress in `progress` as it goes.
+pub fn scrub_tracked(
+    store: &Store,
+    cat: &mut Catalog,
+    rate: Option<u64>,
+    cancelled: &dyn Fn() -> bool,
+    progress: &ScrubProgress,
+) -> Result<ScrubReport, ScrubError> {
     let started = Instant::now();
     let run = cat.scrub_begin()?;
+    progress.run_id.store(run, Ordering::Relaxed);
     let mut report = ScrubReport { run_id: run, ..Default::default() };
-    let res = scrub_inner(store, cat, rate, cancelled, &mut report, started);
+    let res = scrub_inner(store, cat, rate, cancelled, &mut report, started, progress);
     report.seconds = started.elapsed().as_secs_f64();
     let (outcome, detail) = match &res {
         Ok(()) if report.damage.is_empty() => ("ok", None),
@@ -122,9 +245,12 @@ fn scrub_inner(
     cancelled: &dyn Fn() -> bool,
     report: &mut ScrubReport,
     started: Instant,
+    progress: &ScrubProgress,
 ) -> Result<(), ScrubError> {
     let mut blobs = Vec::new();
     cat.each_blob(|b, _, stored, raw| blobs.push((b, stored, raw)))?;
+    progress.blobs_total.store(blobs.len() as u64, Ordering::Relaxed);
+    progress.bytes_total.store(blobs.iter().map(|b| b.1).sum(), Ordering::Relaxed);
     let mut read = 0u64;
     for (b, stored, raw) in blobs {
         if cancelled() {
@@ -134,6 +260,8 @@ fn scrub_inner(
         report.blobs_checked += 1;
         report.bytes_checked += stored;
         read += stored;
+        progress.blobs_checked.fetch_add(1, Ordering::Relaxed);
+        progress.bytes_checked.fetch_add(stored, Ordering::Relaxed);
         if let Some(reason) = verdict {
             let real = if reason.starts_with("missing") {
                 cat.blob_missing_confirmed(&b, || store.present(&b).unwrap_or(false))?
@@ -142,6 +270,7 @@ fn scrub_inner(
             };
             if real {
                 cat.record_damage(&b, &reason)?;
+                progress.damaged.fetch_add(1, Ordering::Relaxed);
                 warn!(blob = %b.hex(), kind = b.kind.name(), %reason, "scrub found a damaged blob");
                 report.damage.push(ScrubDamage {
                     kind: b.kind.name(),
@@ -291,18 +420,18 @@ impl<'a> Reach<'a> {
 
 /// The scrub scheduled inside `serve`: runs every `interval_secs` after the
 /// end of the previous run (the first one `interval_secs` after the catalog
-/// was created), at `rate` bytes per second, until `stop` is set. Uses its
-/// own store handle and catalog connection; errors are logged and the next
-/// run is tried one interval later.
+/// was created), at `rate` bytes per second, until `tracker` is stopped.
+/// Uses its own store handle and catalog connection; errors are logged and
+/// the next run is tried one interval later. While a scrub started over the
+/// API runs, the scheduled one waits for it (and then counts from its end).
 pub fn run_scheduled(
     store_root: &std::path::Path,
     catalog_path: &std::path::Path,
     interval_secs: i64,
     rate: u64,
-    stop: &std::sync::atomic::AtomicBool,
+    tracker: &Arc<ScrubTracker>,
 ) {
-    use std::sync::atomic::Ordering;
-    let stopped = || stop.load(Ordering::Relaxed);
+    let stopped = || tracker.stopping();
     while !stopped() {
         let due = (|| -> Result<i64, CatalogError> {
             let cat = Catalog::open(catalog_path)?;
@@ -320,11 +449,26 @@ pub fn run_scheduled(
         if stopped() {
             break;
         }
+        let Some(slot) = tracker.try_start(crate::lifecycle::SCHEDULER, Some(rate)) else {
+            // A scrub started over the API is running; look again after it.
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        };
         info!("scheduled scrub starting");
         let res = Store::open(store_root)
             .map_err(ScrubError::from)
             .and_then(|store| Ok((store, Catalog::open(catalog_path)?)))
-            .and_then(|(store, mut cat)| scrub(&store, &mut cat, Some(rate), &stopped));
+            .and_then(|(store, mut cat)| scrub_tracked(&store, &mut cat, Some(rate), &stopped, &slot.progress));
+        drop(slot);
+        // Audited like a scrub started by hand (it marks snapshots damaged).
+        let detail = res.as_ref().map_or(
+            serde_json::json!({}),
+            |r| serde_json::json!({ "damaged": r.damage.len(), "blobs_checked": r.blobs_checked, "run_id": r.run_id }),
+        );
+        let entry = crate::catalog::NewAudit::new(crate::lifecycle::SCHEDULER, "scrub", "store", detail);
+        if let Err(e) = Catalog::open(catalog_path).and_then(|mut c| c.audit(&entry, &res)) {
+            warn!(error = %e, "scheduled scrub could not be recorded in the audit log");
+        }
         match res {
             Ok(r) if r.damage.is_empty() => {}
             Ok(r) => {

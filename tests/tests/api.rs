@@ -44,15 +44,18 @@ fn allowed(access: &str, role: &str) -> bool {
     }
 }
 
-/// A fresh request body for one call (restores need a new target each time).
-fn body_for(kind: &str, snap: &str, dir: &Path, counter: &mut u32) -> Option<Vec<u8>> {
+/// A fresh request body for one call (restores need a new target each
+/// time, relative to the controller's restore root).
+fn body_for(kind: &str, snap: &str, counter: &mut u32) -> Option<Vec<u8>> {
     *counter += 1;
     let v = match kind {
         "" => return None,
         "enroll" => json!({"agent": "new-opd"}),
         "verify" => json!({"snapshots": [snap]}),
-        "restore" => json!({"snapshot": snap, "target": dir.join(format!("r{counter}"))}),
+        "restore" => json!({"snapshot": snap, "target": format!("r{counter}")}),
         "token" => json!({"name": format!("n{counter}"), "role": "auditor"}),
+        "prune" => json!({"dry_run": true}),
+        "scrub" => json!({}),
         other => panic!("{other}"),
     };
     Some(v.to_string().into_bytes())
@@ -66,11 +69,12 @@ fn role_matrix_each_role_each_endpoint() {
         ["admin", "coordinator", "auditor"].iter().map(|r| (*r, ctl.api_token(&format!("t-{r}"), r))).collect();
     let revoked = ctl.api_token("gone", "admin");
     ok(&mut ctl.cmd(&["token", "revoke", "gone"]));
-    let restores = tmp.path().join("restores");
-    fs::create_dir_all(&restores).unwrap();
+    let restores = ctl.dir.join("restores");
     let snap_path = format!("/api/v1/snapshots/{snap}");
+    // An id no snapshot has: allowed callers get 404, the snapshot stays.
+    let forget_path = format!("/api/v1/snapshots/{}/forget", "0".repeat(64));
     // (method, path, documented path, access, body)
-    let table: [(&str, &str, &str, &str, &str); 12] = [
+    let table: [(&str, &str, &str, &str, &str); 18] = [
         ("GET", "/api/v1/agents", "/api/v1/agents", "read", ""),
         ("POST", "/api/v1/agents/ghost/revoke", "/api/v1/agents/{name}/revoke", "admin", ""),
         ("POST", "/api/v1/enroll-tokens", "/api/v1/enroll-tokens", "admin", "enroll"),
@@ -83,6 +87,12 @@ fn role_matrix_each_role_each_endpoint() {
         ("DELETE", "/api/v1/tokens/nobody", "/api/v1/tokens/{name}", "admin", ""),
         ("GET", "/api/v1/audit", "/api/v1/audit", "read", ""),
         ("GET", "/api/v1/audit/verify", "/api/v1/audit/verify", "read", ""),
+        ("POST", "/api/v1/prune", "/api/v1/prune", "operate", "prune"),
+        ("POST", &forget_path, "/api/v1/snapshots/{id}/forget", "operate", ""),
+        ("POST", "/api/v1/gc", "/api/v1/gc", "operate", ""),
+        ("POST", "/api/v1/scrub", "/api/v1/scrub", "operate", "scrub"),
+        ("GET", "/api/v1/scrub", "/api/v1/scrub", "read", ""),
+        ("GET", "/api/v1/damage", "/api/v1/damage", "read", ""),
     ];
     let mut counter = 0;
     let mut covered =
@@ -90,8 +100,7 @@ fn role_matrix_each_role_each_endpoint() {
     for (method, path, documented, access, body) in table {
         covered.push((method.to_string(), documented.to_string()));
         for (role, token) in &tokens {
-            let (status, v) =
-                ctl.http(method, path, Some(token), body_for(body, &snap, &restores, &mut counter).as_deref());
+            let (status, v) = ctl.http(method, path, Some(token), body_for(body, &snap, &mut counter).as_deref());
             if allowed(access, role) {
                 assert!(
                     ![401, 403].contains(&status) && status < 500,
@@ -104,7 +113,7 @@ fn role_matrix_each_role_each_endpoint() {
                 assert!(msg.contains(&format!("role {role} may not")), "{msg}");
             }
         }
-        let b = || body_for(body, &snap, &restores, &mut 1000);
+        let b = || body_for(body, &snap, &mut 1000);
         let (status, v) = ctl.http(method, path, None, b().as_deref());
         assert_eq!(status, 401, "no token {method} {path}: {v}");
         assert_eq!(v["error"]["code"], "unauthorized");
@@ -128,8 +137,10 @@ fn role_matrix_each_role_each_endpoint() {
     in_doc.sort();
     covered.sort();
     assert_eq!(in_doc, covered, "the role matrix test must cover every documented route");
-    // The allowed restores really restored: admin's and coordinator's.
+    // The allowed restores really restored, below the restore root: admin's and coordinator's.
     assert_eq!(fs::read_dir(&restores).unwrap().count(), 2);
+    // Nothing was forgotten and the snapshot is intact.
+    assert_eq!(ctl.snapshots().len(), 1);
 }
 
 #[test]
@@ -169,14 +180,40 @@ fn bad_input_gets_json_4xx() {
     check("POST", "/api/v1/agents/Bad%20Name/revoke", None, 400, "bad_request");
     check("POST", "/api/v1/agents/ghost/revoke", None, 404, "not_found");
     check("DELETE", "/api/v1/tokens/..", None, 400, "bad_request");
-    let rel = json!({"snapshot": snap, "target": "relative/dir"}).to_string();
-    check("POST", "/api/v1/restore", Some(rel.as_bytes()), 400, "bad_request");
-    let dotdot = json!({"snapshot": snap, "target": "/tmp/../etc"}).to_string();
-    check("POST", "/api/v1/restore", Some(dotdot.as_bytes()), 400, "bad_request");
-    let nonempty = json!({"snapshot": snap, "target": tmp.path()}).to_string();
+    // API restores are confined below the restore root (<data dir>/restores).
+    let abs = json!({"snapshot": snap, "target": tmp.path().join("abs")}).to_string();
+    check("POST", "/api/v1/restore", Some(abs.as_bytes()), 422, "invalid");
+    let dotdot = json!({"snapshot": snap, "target": "a/../../../etc"}).to_string();
+    check("POST", "/api/v1/restore", Some(dotdot.as_bytes()), 422, "invalid");
+    let restores = ctl.dir.join("restores");
+    fs::create_dir_all(restores.join("full")).unwrap();
+    fs::write(restores.join("full/x"), b"x").unwrap();
+    let nonempty = json!({"snapshot": snap, "target": "full"}).to_string();
     check("POST", "/api/v1/restore", Some(nonempty.as_bytes()), 409, "conflict");
-    let nopath = json!({"snapshot": snap, "target": tmp.path().join("x"), "path": "/no/such"}).to_string();
+    let nopath = json!({"snapshot": snap, "target": "x", "path": "/no/such"}).to_string();
     check("POST", "/api/v1/restore", Some(nopath.as_bytes()), 404, "not_found");
+    // A symbolic link below the root is not followed, even to a directory
+    // the controller could write: 422 naming the link, nothing written.
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, restores.join("evil")).unwrap();
+    let via_link = json!({"snapshot": snap, "target": "evil/r"}).to_string();
+    let (st, v) = ctl.http("POST", "/api/v1/restore", t, Some(via_link.as_bytes()));
+    assert_eq!(st, 422, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("\"evil\" is a symbolic link"), "{msg}");
+    assert!(fs::read_dir(&outside).unwrap().next().is_none(), "nothing restored through the link");
+    let (st, v) = ctl.http("POST", "/api/v1/restore", t, Some(dotdot.as_bytes()));
+    assert!(st == 422 && v["error"]["message"].as_str().unwrap().contains("'..'"), "{v}");
+    let (st, v) = ctl.http("POST", "/api/v1/restore", t, Some(abs.as_bytes()));
+    assert!(st == 422 && v["error"]["message"].as_str().unwrap().contains("relative path below the restore root"));
+    assert!(!tmp.path().join("abs").exists());
+    // A nested relative target is created below the root.
+    let nested = json!({"snapshot": snap, "target": "opd/web/2026"}).to_string();
+    let (st, v) = ctl.http("POST", "/api/v1/restore", t, Some(nested.as_bytes()));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["path"].as_str().unwrap(), restores.join("opd/web/2026").to_str().unwrap());
+    assert_eq!(v["stats"]["files"], 2);
     check("POST", "/api/v1/tokens", Some(br#"{"name":"root","role":"auditor"}"#), 409, "conflict");
     // The server is still there and the audit log recorded the failed restores.
     let (st, rows) = ctl.http("GET", "/api/v1/audit?limit=1000", t, None);
@@ -187,7 +224,8 @@ fn bad_input_gets_json_4xx() {
         .iter()
         .filter(|r| r["action"] == "restore" && r["result"].as_str().unwrap().starts_with("error: "))
         .count();
-    assert_eq!(failed_restores, 2, "{rows}");
+    // abs, .., non-empty, no such path, the link, and .. and abs again.
+    assert_eq!(failed_restores, 7, "{rows}");
 }
 
 #[test]
@@ -278,25 +316,20 @@ fn pulihctl_end_to_end() {
     let v = json_of(&ctl, &coord, &["verify", "--all"]);
     assert_eq!(v["snapshots"], 1);
     assert_eq!(v["damage"].as_array().unwrap().len(), 0);
-    let dest = tmp.path().join("restored");
-    let out = pulihctl_ok(
-        &ctl,
-        &coord,
-        &["restore", &snap, "--target", dest.to_str().unwrap(), "--path", src.to_str().unwrap()],
-    );
-    assert!(out.contains("Restored snapshot"), "{out}");
+    let dest = ctl.dir.join("restores/restored");
+    let out = pulihctl_ok(&ctl, &coord, &["restore", &snap, "--target", "restored", "--path", src.to_str().unwrap()]);
+    assert!(out.contains("Restored snapshot") && out.contains(dest.to_str().unwrap()), "{out}");
     assert_same_tree(&src, &dest);
-    let dest2 = tmp.path().join("restored-sub");
     let r = json_of(
         &ctl,
         &coord,
-        &["restore", &snap, "--target", dest2.to_str().unwrap(), "--path", src.join("sub").to_str().unwrap()],
+        &["restore", &snap, "--target", "restored-sub", "--path", src.join("sub").to_str().unwrap()],
     );
     assert_eq!(r["stats"]["files"], 1);
-    assert_same_tree(&src.join("sub"), &dest2);
-    let o = pulihctl(&ctl, &coord, &["restore", &snap, "--target", "relative"]);
+    assert_same_tree(&src.join("sub"), &ctl.dir.join("restores/restored-sub"));
+    let o = pulihctl(&ctl, &coord, &["restore", &snap, "--target", tmp.path().join("abs").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("absolute"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not an absolute path"), "{}", stderr(&o));
 
     // A coordinator may not manage tokens.
     let o = pulihctl(&ctl, &coord, &["tokens", "list"]);

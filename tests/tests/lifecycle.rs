@@ -486,5 +486,13 @@ fn f22_scheduled_scrub_inside_serve_finds_damage() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(ctl.log().contains("scheduled scrub found damage"), "{}", ctl.log());
+    // Audited as the scheduler's action, with what it found.
+    let rows = json(&ok(&mut ctl.cmd(&["audit", "list", "--limit", "1000", "--json"])));
+    assert!(
+        rows.as_array().unwrap().iter().any(|r| r["actor"] == "scheduler"
+            && r["action"] == "scrub"
+            && r["detail"].as_str().unwrap().contains("\"damaged\":1")),
+        "{rows:#}"
+    );
     assert!(ctl.stop(), "serve must stop cleanly with its scrub thread");
 }

@@ -1,7 +1,6 @@
 //! The API's handlers. Roles were checked before any of these runs (see
 //! [`super::authorize`]); each validates its own input.
 
-use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::{Extension, State};
@@ -14,7 +13,7 @@ use serde_json::json;
 use super::types::*;
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState, Caller};
 use crate::catalog::{now_secs, NewAudit};
-use crate::restore::RestoreError;
+use crate::restore::{open_confined, ConfineError, RestoreError};
 use crate::verify::Verifier;
 
 type Api<T> = Result<Json<T>, ApiError>;
@@ -23,16 +22,16 @@ type St = State<Arc<ApiState>>;
 /// Most snapshots one verify request may name.
 const MAX_VERIFY_IDS: usize = 1000;
 
-fn agent_name(s: &str) -> Result<AgentName, ApiError> {
+pub(super) fn agent_name(s: &str) -> Result<AgentName, ApiError> {
     AgentName::new(s).map_err(|e| ApiError::bad_request(format!("agent name {s:?}: {e}")))
 }
 
-fn dataset_name(s: &str) -> Result<DatasetName, ApiError> {
+pub(super) fn dataset_name(s: &str) -> Result<DatasetName, ApiError> {
     DatasetName::new(s).map_err(|e| ApiError::bad_request(format!("dataset name {s:?}: {e}")))
 }
 
 /// A snapshot id or a unique prefix of it: 4 to 64 hex digits.
-fn snapshot_spec(s: &str) -> Result<String, ApiError> {
+pub(super) fn snapshot_spec(s: &str) -> Result<String, ApiError> {
     if (4..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(s.to_ascii_lowercase())
     } else {
@@ -178,47 +177,58 @@ fn subpath(p: &str) -> Result<Vec<Vec<u8>>, ApiError> {
     Ok(out)
 }
 
-fn restore_target(t: &str) -> Result<PathBuf, ApiError> {
-    let p = Path::new(t);
-    if !p.is_absolute() || t.len() > 4096 || t.contains('\0') {
-        return Err(ApiError::bad_request(format!("target {t:?} must be an absolute path on the DRC host")));
-    }
-    if p.components().any(|c| matches!(c, Component::ParentDir)) || p.parent().is_none() {
-        return Err(ApiError::bad_request(format!("target {t:?} may not contain '..' or be /")));
-    }
-    Ok(p.to_owned())
-}
-
 pub async fn restore(
     State(st): St,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> Api<RestoreResponse> {
     let spec = snapshot_spec(&req.snapshot)?;
-    let target = restore_target(&req.target)?;
     let sub = subpath(req.path.as_deref().unwrap_or(""))?;
     let snap = st.db(move |c| Ok(c.resolve_snapshot(&spec, None, None)?)).await?;
     let root: TreeId = snap.root_tree.parse().map_err(|e| ApiError::internal(format!("snapshot {}: {e}", snap.id)))?;
     let backend = st.backend.clone();
-    let dest = target.clone();
+    let (restore_root, rel) = (st.restore_root.clone(), req.target.clone());
     let started = std::time::Instant::now();
-    let result = tokio::task::spawn_blocking(move || crate::restore::restore(&backend.store, &root, &sub, &dest))
-        .await
-        .map_err(|e| ApiError::internal(format!("restore task failed: {e}")))?;
+    // Confined below the restore root: the target is opened component by
+    // component without following links, and restored into by descriptor.
+    let result = tokio::task::spawn_blocking(move || {
+        let (fd, path) = open_confined(&restore_root, &rel)?;
+        let shown = path.display().to_string();
+        Ok::<_, Refused>((crate::restore::restore_into(&backend.store, &root, &sub, fd, &shown)?, path))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("restore task failed: {e}")))?;
     let seconds = started.elapsed().as_secs_f64();
     let detail = json!({"target": req.target, "path": req.path, "seconds": seconds,
-        "stats": result.as_ref().ok()});
+        "restored_to": result.as_ref().ok().map(|r| &r.1), "stats": result.as_ref().ok().map(|r| &r.0)});
     let entry = NewAudit::new(&caller.actor(), "restore", &snap.id, detail);
     let outcome = result.as_ref().map(|_| ()).map_err(ToString::to_string);
     st.db(move |c| Ok(c.audit(&entry, &outcome)?)).await?;
-    let stats = result.map_err(|e| match e {
-        RestoreError::DestNotEmpty(_) => ApiError::conflict(e.to_string()),
-        RestoreError::NoSuchPath(_) => ApiError::not_found(e.to_string()),
-        RestoreError::Io { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string()),
-        _ => ApiError::internal(e.to_string()),
+    let (stats, path) = result.map_err(|e| match e {
+        Refused::Target(ConfineError::Root { .. } | ConfineError::Io { .. }) => ApiError::internal(e.to_string()),
+        Refused::Target(_) => ApiError::invalid(e.to_string()),
+        Refused::Restore(RestoreError::DestNotEmpty(_)) => ApiError::conflict(e.to_string()),
+        Refused::Restore(RestoreError::NoSuchPath(_)) => ApiError::not_found(e.to_string()),
+        Refused::Restore(RestoreError::Io { .. }) => ApiError::invalid(e.to_string()),
+        Refused::Restore(_) => ApiError::internal(e.to_string()),
     })?;
-    tracing::info!(snapshot = %snap.id, target = %target.display(), by = %caller.name, "restored over the API");
-    Ok(Json(RestoreResponse { snapshot: snap.id, target: req.target, stats, seconds }))
+    tracing::info!(snapshot = %snap.id, target = %path.display(), by = %caller.name, "restored over the API");
+    Ok(Json(RestoreResponse {
+        snapshot: snap.id,
+        target: req.target,
+        path: path.display().to_string(),
+        stats,
+        seconds,
+    }))
+}
+
+/// Why an API restore did not happen.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(transparent)]
+    Target(#[from] ConfineError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
 }
 
 pub async fn tokens(State(st): St) -> Api<Vec<ApiTokenRow>> {
@@ -282,10 +292,6 @@ mod tests {
         assert!(snapshot_spec("abc").is_err());
         assert!(snapshot_spec("zzzz").is_err());
         assert!(snapshot_spec(&"a".repeat(65)).is_err());
-        assert!(restore_target("relative/x").is_err());
-        assert!(restore_target("/srv/../etc").is_err());
-        assert!(restore_target("/").is_err());
-        assert!(restore_target("/srv/restore").is_ok());
         assert_eq!(subpath("/etc//x/./y").unwrap().len(), 3);
         assert!(subpath("/etc/../x").is_err());
     }

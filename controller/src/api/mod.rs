@@ -12,8 +12,9 @@
 //!   [`MAX_BODY`]; request types refuse unknown fields; a panic in a handler
 //!   becomes a 500, not a dead server.
 //! * Failed authentications are rate-limited per client address.
-//! * Catalog work runs on the blocking pool; long work (verify, restore)
-//!   too, outside the catalog lock.
+//! * Catalog work runs on the blocking pool; long work (verify, restore,
+//!   prune, GC, scrub) too, outside the catalog lock. Restores are confined
+//!   below `[restore] root`.
 //! * Every state change is written to the audit log with the caller as
 //!   actor (`token:NAME`).
 
@@ -40,6 +41,7 @@ use crate::metrics::Metrics;
 use crate::session::Backend;
 
 mod handlers;
+mod lifecycle;
 pub mod types;
 
 use types::{ErrorBody, ErrorDetail};
@@ -127,6 +129,12 @@ pub fn routes(metrics: bool) -> Vec<Route> {
         route(Method::DELETE, "/api/v1/tokens/{name}", Admin, h::revoke_token),
         route(Method::GET, "/api/v1/audit", Read, h::audit),
         route(Method::GET, "/api/v1/audit/verify", Read, h::audit_verify),
+        route(Method::POST, "/api/v1/prune", Operate, lifecycle::prune),
+        route(Method::POST, "/api/v1/snapshots/{id}/forget", Operate, lifecycle::forget),
+        route(Method::POST, "/api/v1/gc", Operate, lifecycle::gc),
+        route(Method::POST, "/api/v1/scrub", Operate, lifecycle::scrub_start),
+        route(Method::GET, "/api/v1/scrub", Read, lifecycle::scrub_status),
+        route(Method::GET, "/api/v1/damage", Read, lifecycle::damage),
     ];
     if metrics {
         v.push(route(Method::GET, "/metrics", Public, h::metrics));
@@ -143,6 +151,15 @@ pub struct ApiState {
     pub enroll_ttl_hours: u64,
     pub metrics: Arc<Metrics>,
     pub limiter: FailureLimiter,
+    /// The data directory: prune, GC and scrub open their own catalog
+    /// connection and take its locks, as the local CLI does.
+    pub datadir: crate::datadir::DataDir,
+    /// API restores are confined below this directory (`[restore] root`).
+    pub restore_root: std::path::PathBuf,
+    /// Default rate of a scrub started over the API (`[scrub] rate`), bytes/s.
+    pub scrub_rate: u64,
+    /// The scrub running in this process (shared with the scheduled one).
+    pub scrub: Arc<crate::scrub::ScrubTracker>,
 }
 
 impl ApiState {
@@ -612,6 +629,10 @@ mod tests {
             enroll_ttl_hours: 1,
             metrics: Arc::new(Metrics::new()),
             limiter: FailureLimiter::new(10),
+            datadir: crate::datadir::DataDir::new(dir.path()),
+            restore_root: dir.path().join("restores"),
+            scrub_rate: 0,
+            scrub: Default::default(),
         });
         let _ = router(st.clone(), true);
         let _ = router(st, false);

@@ -100,7 +100,9 @@ pub struct VerifyRequest {
 pub struct RestoreRequest {
     /// Snapshot id or unique prefix (at least 4 hex digits).
     pub snapshot: String,
-    /// Absolute directory on the DRC host; must not exist or be empty.
+    /// Directory relative to the controller's restore root (`[restore]
+    /// root`, default `<data dir>/restores`): no absolute path, no `..`, no
+    /// symbolic link on the way; it must not exist or be empty.
     pub target: String,
     /// Restore only this path of the snapshot (as on the source host).
     #[serde(default)]
@@ -110,7 +112,11 @@ pub struct RestoreRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreResponse {
     pub snapshot: String,
+    /// The target as given (relative to the restore root).
     pub target: String,
+    /// Where the data now is on the DRC host.
+    #[serde(default)]
+    pub path: String,
     pub stats: RestoreStats,
     pub seconds: f64,
 }
@@ -185,4 +191,62 @@ impl From<crate::verify::VerifyReport> for VerifyResult {
                 .collect(),
         }
     }
+}
+
+pub use crate::catalog::{DamageRow as DamagedBlob, ScrubRunRow};
+pub use crate::gc::GcReport;
+pub use crate::lifecycle::PruneOutcome;
+pub use crate::scrub::ScrubNow;
+
+/// `POST /api/v1/prune`: apply the `[[retention]]` policies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneRequest {
+    /// Only show the plan: which snapshots would go, and why.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Only this agent.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Only this dataset.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// Collect garbage afterwards (default: no; `POST /api/v1/gc` does it separately).
+    #[serde(default)]
+    pub gc: bool,
+}
+
+/// `POST /api/v1/snapshots/{id}/forget`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForgetResponse {
+    /// The snapshot forgotten (its data stays until garbage collection).
+    pub forgotten: Vec<SnapshotRow>,
+}
+
+/// `POST /api/v1/scrub`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrubRequest {
+    /// Most bytes read per second, e.g. "50MiB" ("0": unlimited; default `[scrub] rate`).
+    #[serde(default)]
+    pub rate: Option<String>,
+}
+
+/// `GET /api/v1/scrub` (and the answer to `POST`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScrubStatus {
+    /// The scrub running in the controller now, with its progress.
+    pub current: Option<ScrubNow>,
+    /// The latest runs, newest first (a running one has `outcome` `running`).
+    pub runs: Vec<ScrubRunRow>,
+}
+
+/// `GET /api/v1/damage`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DamageResponse {
+    /// Blobs scrub found damaged, newest first, with their state
+    /// (`damaged`, `repaired`, `lost`).
+    pub blobs: Vec<DamagedBlob>,
+    /// Snapshots that reach a damaged or lost blob.
+    pub snapshots: Vec<SnapshotRow>,
 }

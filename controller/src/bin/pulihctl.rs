@@ -5,8 +5,8 @@
 //! `~/.config/pulih/pulihctl.toml`) with the keys `controller`, `token_file`
 //! and `ca`. Human tables by default; `--json` prints the API's JSON.
 //!
-//! Exit status: 0 success, 1 error, 2 when `verify` found damage or
-//! `audit verify` found the chain broken.
+//! Exit status: 0 success, 1 error, 2 when `verify` or `scrub --wait` found
+//! damage or `audit verify` found the chain broken.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -80,17 +80,54 @@ enum Cmd {
         #[arg(long, conflicts_with = "ids")]
         all: bool,
     },
-    /// Restore a snapshot into a directory on the DRC host (coordinator).
+    /// Restore a snapshot into a directory on the DRC host, below the
+    /// controller's restore root (coordinator).
     Restore {
         /// Snapshot id or unique prefix.
         snapshot: String,
-        /// Absolute directory on the DRC host; must not exist or be empty.
+        /// Directory relative to the restore root ([restore] root of the controller,
+        /// default <data dir>/restores); must not exist or be empty.
         #[arg(long)]
         target: String,
         /// Only this path of the snapshot (as on the source host).
         #[arg(long)]
         path: Option<String>,
     },
+    /// Apply the controller's [[retention]] policies: every snapshot kept or
+    /// removed and why, then forget the removed ones (coordinator).
+    Prune {
+        /// Only show the plan.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Collect garbage afterwards.
+        #[arg(long, conflicts_with = "dry_run")]
+        gc: bool,
+    },
+    /// Forget a snapshot; its data stays until `gc` (coordinator).
+    Forget {
+        /// Snapshot id or unique prefix.
+        id: String,
+    },
+    /// Remove chunks and trees no snapshot reaches (coordinator).
+    Gc,
+    /// Start a scrub of every stored blob on the controller (coordinator), or
+    /// show its progress with `scrub status`.
+    Scrub {
+        #[command(subcommand)]
+        cmd: Option<ScrubCmd>,
+        /// Wait until it ends; exit 2 when it found damage.
+        #[arg(long)]
+        wait: bool,
+        /// Most bytes read per second (e.g. "50MiB"; default: the controller's [scrub] rate).
+        #[arg(long)]
+        rate: Option<String>,
+    },
+    /// Damaged blobs (and their repair state) and damaged snapshots.
+    Damage,
     /// API tokens (admin).
     Tokens {
         #[command(subcommand)]
@@ -101,6 +138,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum ScrubCmd {
+    /// The running scrub's progress and the last runs.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -440,13 +483,98 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out!(
                     "Restored snapshot {} into {} on the controller: {} files, {} dirs, {} symlinks, {} in {:.2} s",
                     &r.snapshot[..12.min(r.snapshot.len())],
-                    r.target,
+                    r.path,
                     r.stats.files,
                     r.stats.dirs,
                     r.stats.symlinks,
                     pulih_controller::units::human_bytes(r.stats.bytes),
                     r.seconds
                 );
+            }
+        }
+        Cmd::Prune { dry_run, agent, dataset, gc } => {
+            let body = serde_json::to_value(PruneRequest { dry_run, agent, dataset, gc })?;
+            let r: PruneOutcome = c.call("POST", "/prune", Some(body))?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out!("{}", r.table());
+            }
+        }
+        Cmd::Forget { id } => {
+            let r: ForgetResponse = c.call("POST", &format!("/snapshots/{}/forget", encode(&id)), None)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                for s in &r.forgotten {
+                    out!("forgot {} {}/{} {}", &s.id[..12.min(s.id.len())], s.agent, s.dataset, s.time);
+                }
+                out!("{} snapshot(s) forgotten; run `pulihctl gc` to free their data", r.forgotten.len());
+            }
+        }
+        Cmd::Gc => {
+            let r: GcReport = c.call("POST", "/gc", None)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out!("{}", r.summary());
+            }
+        }
+        Cmd::Scrub { cmd: Some(ScrubCmd::Status), .. } => {
+            let r: ScrubStatus = c.call("GET", "/scrub", None)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                print_scrub(&r);
+            }
+        }
+        Cmd::Scrub { cmd: None, wait, rate } => {
+            let before: ScrubStatus = c.call("GET", "/scrub", None)?;
+            let last = before.runs.first().map_or(0, |r| r.id);
+            let body = serde_json::to_value(ScrubRequest { rate })?;
+            let started: ScrubStatus = c.call("POST", "/scrub", Some(body))?;
+            if !wait {
+                if json {
+                    print_json(&started)?;
+                } else {
+                    out!("Scrub started on the controller; follow it with `pulihctl scrub status`.");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Until no scrub runs and a run newer than the last one ended.
+            let done = loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let s: ScrubStatus = c.call("GET", "/scrub", None)?;
+                if s.current.is_none() {
+                    if let Some(run) = s.runs.iter().find(|r| r.id > last && r.finished_at.is_some()) {
+                        break (s.clone(), run.clone());
+                    }
+                }
+            };
+            let (status, run) = done;
+            if json {
+                print_json(&status)?;
+            } else {
+                print_scrub(&status);
+            }
+            if run.outcome == "failed" {
+                bail!("scrub run {} failed: {}", run.id, run.detail.as_deref().unwrap_or("see the controller's log"));
+            }
+            if run.damaged_found > 0 {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Cmd::Damage => {
+            let r: DamageResponse = c.call("GET", "/damage", None)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                out!("{}", DamagedBlob::table(&r.blobs));
+                out!();
+                out!("Snapshots marked damaged: {}", r.snapshots.len());
+                if !r.snapshots.is_empty() {
+                    out!("{}", SnapshotRow::table(&r.snapshots));
+                }
             }
         }
         Cmd::Tokens { cmd: TokensCmd::List } => {
@@ -496,33 +624,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 return print_json(&rows).map(|_| ExitCode::SUCCESS);
             }
-            let color = std::io::stdout().is_terminal();
-            out!("{:>6} {:<21} {:<22} {:<14} {:<24} RESULT", "SEQ", "TIME", "ACTOR", "ACTION", "TARGET");
-            for r in &rows {
-                let result =
-                    if color && r.result != "ok" { format!("\x1b[31m{}\x1b[0m", r.result) } else { r.result.clone() };
-                out!(
-                    "{:>6} {:<21} {:<22} {:<14} {:<24} {result}",
-                    r.seq,
-                    short(&rfc3339_ns(r.at)),
-                    r.actor,
-                    r.action,
-                    r.target.chars().take(24).collect::<String>()
-                );
-            }
+            out!("{}", AuditRow::table(&rows, std::io::stdout().is_terminal()));
         }
         Cmd::Audit { cmd: AuditCmd::Verify } => {
             let v: AuditVerify = c.call("GET", "/audit/verify", None)?;
             if json {
                 print_json(&v)?;
-            } else if v.ok {
-                out!("Audit log intact: {} row(s), head seq {}.", v.rows, v.head_seq);
             } else {
-                out!(
-                    "AUDIT LOG BROKEN at row {}: {}",
-                    v.first_bad_seq.map_or("?".into(), |s| s.to_string()),
-                    v.problem.as_deref().unwrap_or("unknown problem")
-                );
+                out!("{}", v.summary());
             }
             if !v.ok {
                 return Ok(ExitCode::from(2));
@@ -530,4 +639,46 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_scrub(s: &ScrubStatus) {
+    match &s.current {
+        Some(n) => {
+            let pct = if n.bytes_total == 0 { 0.0 } else { n.bytes_checked as f64 * 100.0 / n.bytes_total as f64 };
+            out!(
+                "Running since {} (by {}): {}/{} blobs, {} of {} ({pct:.1} %), {} damaged so far",
+                time_s(Some(n.started_at)),
+                n.started_by,
+                n.blobs_checked,
+                n.blobs_total,
+                pulih_controller::units::human_bytes(n.bytes_checked),
+                pulih_controller::units::human_bytes(n.bytes_total),
+                n.damaged
+            );
+        }
+        None => out!("No scrub running."),
+    }
+    out!(
+        "{:>5} {:<21} {:<21} {:<8} {:>8} {:>10} {:>7} DETAIL",
+        "RUN",
+        "STARTED",
+        "FINISHED",
+        "OUTCOME",
+        "BLOBS",
+        "BYTES",
+        "DAMAGED"
+    );
+    for r in &s.runs {
+        out!(
+            "{:>5} {:<21} {:<21} {:<8} {:>8} {:>10} {:>7} {}",
+            r.id,
+            time_s(Some(r.started_at)),
+            time_s(r.finished_at),
+            r.outcome,
+            r.blobs_checked,
+            pulih_controller::units::human_bytes(r.bytes_checked),
+            r.damaged_found,
+            r.detail.as_deref().unwrap_or("")
+        );
+    }
 }

@@ -80,6 +80,43 @@ pub struct AuditVerify {
     pub problem: Option<String>,
 }
 
+impl AuditRow {
+    /// The table `pulih-controller audit list` and `pulihctl audit list`
+    /// print; `color` marks failed actions red.
+    pub fn table(rows: &[Self], color: bool) -> String {
+        let mut out = format!("{:>6} {:<21} {:<22} {:<14} {:<24} RESULT", "SEQ", "TIME", "ACTOR", "ACTION", "TARGET");
+        for r in rows {
+            let result =
+                if color && r.result != "ok" { format!("\x1b[31m{}\x1b[0m", r.result) } else { r.result.clone() };
+            let t = super::rfc3339_ns(r.at);
+            out.push_str(&format!(
+                "\n{:>6} {:<21} {:<22} {:<14} {:<24} {result}",
+                r.seq,
+                format!("{}Z", &t[..t.len().min(19)]),
+                r.actor,
+                r.action,
+                r.target.chars().take(24).collect::<String>()
+            ));
+        }
+        out
+    }
+}
+
+impl AuditVerify {
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        if self.ok {
+            format!("Audit log intact: {} row(s), head seq {}.", self.rows, self.head_seq)
+        } else {
+            format!(
+                "AUDIT LOG BROKEN at row {}: {}",
+                self.first_bad_seq.map_or("?".into(), |s| s.to_string()),
+                self.problem.as_deref().unwrap_or("unknown problem")
+            )
+        }
+    }
+}
+
 fn put(h: &mut blake3::Hasher, s: &str) {
     h.update(&(s.len() as u64).to_le_bytes());
     h.update(s.as_bytes());

@@ -14,9 +14,10 @@ use super::{now_secs, Catalog, CatalogError};
 use crate::store::{BlobKind, BlobRef};
 
 /// A damaged (or once damaged) blob.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DamageRow {
-    pub kind: &'static str,
+    /// `chunk` or `tree`.
+    pub kind: String,
     pub id: String,
     pub found_at: i64,
     /// `damaged` (an agent may resend it), `repaired`, or `lost` (no agent can).
@@ -26,7 +27,7 @@ pub struct DamageRow {
 }
 
 /// One garbage collection run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GcRunRow {
     pub id: i64,
     pub started_at: i64,
@@ -40,7 +41,7 @@ pub struct GcRunRow {
 }
 
 /// One scrub run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ScrubRunRow {
     pub id: i64,
     pub started_at: i64,
@@ -334,7 +335,7 @@ impl Catalog {
         )?;
         let rows = st.query_map([], |r| {
             Ok(DamageRow {
-                kind: BlobKind::from_code(r.get(0)?).map_or("?", BlobKind::name),
+                kind: BlobKind::from_code(r.get(0)?).map_or("?", BlobKind::name).to_owned(),
                 id: hex::encode(r.get::<_, Vec<u8>>(1)?),
                 found_at: r.get(2)?,
                 state: r.get(3)?,

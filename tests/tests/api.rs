@@ -53,6 +53,8 @@ fn body_for(kind: &str, snap: &str, dir: &Path, counter: &mut u32) -> Option<Vec
         "verify" => json!({"snapshots": [snap]}),
         "restore" => json!({"snapshot": snap, "target": dir.join(format!("r{counter}"))}),
         "token" => json!({"name": format!("n{counter}"), "role": "auditor"}),
+        "drp-generate" => json!({"lang": "id", "format": "md"}),
+        "drp-approve" => json!({"name": "Kepala Dinas (contoh)", "position": "Kepala Dinas"}),
         other => panic!("{other}"),
     };
     Some(v.to_string().into_bytes())
@@ -70,7 +72,13 @@ fn role_matrix_each_role_each_endpoint() {
     fs::create_dir_all(&restores).unwrap();
     let snap_path = format!("/api/v1/snapshots/{snap}");
     // (method, path, documented path, access, body)
-    let table: [(&str, &str, &str, &str, &str); 12] = [
+    // The DR plan needs organisation data: the shipped example.
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/organisation.toml.example"),
+        ctl.dir.join("organisation.toml"),
+    )
+    .unwrap();
+    let table: [(&str, &str, &str, &str, &str); 18] = [
         ("GET", "/api/v1/agents", "/api/v1/agents", "read", ""),
         ("POST", "/api/v1/agents/ghost/revoke", "/api/v1/agents/{name}/revoke", "admin", ""),
         ("POST", "/api/v1/enroll-tokens", "/api/v1/enroll-tokens", "admin", "enroll"),
@@ -83,6 +91,12 @@ fn role_matrix_each_role_each_endpoint() {
         ("DELETE", "/api/v1/tokens/nobody", "/api/v1/tokens/{name}", "admin", ""),
         ("GET", "/api/v1/audit", "/api/v1/audit", "read", ""),
         ("GET", "/api/v1/audit/verify", "/api/v1/audit/verify", "read", ""),
+        ("POST", "/api/v1/drp/generate", "/api/v1/drp/generate", "operate", "drp-generate"),
+        ("GET", "/api/v1/drp/versions", "/api/v1/drp/versions", "read", ""),
+        ("GET", "/api/v1/drp/versions/1", "/api/v1/drp/versions/{version}", "read", ""),
+        ("GET", "/api/v1/drp/versions/1/file", "/api/v1/drp/versions/{version}/file", "read", ""),
+        ("GET", "/api/v1/drp/versions/1/content", "/api/v1/drp/versions/{version}/content", "read", ""),
+        ("POST", "/api/v1/drp/versions/1/approve", "/api/v1/drp/versions/{version}/approve", "admin", "drp-approve"),
     ];
     let mut counter = 0;
     let mut covered =

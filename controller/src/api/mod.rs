@@ -39,6 +39,7 @@ use crate::catalog::{Catalog, CatalogError, Role, TokenAuth};
 use crate::metrics::Metrics;
 use crate::session::Backend;
 
+mod drp;
 mod handlers;
 pub mod types;
 
@@ -74,7 +75,7 @@ impl Access {
             Access::Public => "use public endpoints",
             Access::Read => "read",
             Access::Operate => "run verify, restore or other operations",
-            Access::Admin => "administer tokens and agents",
+            Access::Admin => "administer tokens and agents, or approve the DR plan",
         }
     }
 }
@@ -127,6 +128,12 @@ pub fn routes(metrics: bool) -> Vec<Route> {
         route(Method::DELETE, "/api/v1/tokens/{name}", Admin, h::revoke_token),
         route(Method::GET, "/api/v1/audit", Read, h::audit),
         route(Method::GET, "/api/v1/audit/verify", Read, h::audit_verify),
+        route(Method::POST, "/api/v1/drp/generate", Operate, drp::generate),
+        route(Method::GET, "/api/v1/drp/versions", Read, drp::versions),
+        route(Method::GET, "/api/v1/drp/versions/{version}", Read, drp::version),
+        route(Method::GET, "/api/v1/drp/versions/{version}/file", Read, drp::file),
+        route(Method::GET, "/api/v1/drp/versions/{version}/content", Read, drp::content),
+        route(Method::POST, "/api/v1/drp/versions/{version}/approve", Admin, drp::approve),
     ];
     if metrics {
         v.push(route(Method::GET, "/metrics", Public, h::metrics));
@@ -143,6 +150,8 @@ pub struct ApiState {
     pub enroll_ttl_hours: u64,
     pub metrics: Arc<Metrics>,
     pub limiter: FailureLimiter,
+    /// Inputs of the DR plan; `None` when `[drp]` cannot be resolved.
+    pub drp: Option<crate::drp::DrpSettings>,
 }
 
 impl ApiState {
@@ -612,6 +621,7 @@ mod tests {
             enroll_ttl_hours: 1,
             metrics: Arc::new(Metrics::new()),
             limiter: FailureLimiter::new(10),
+            drp: None,
         });
         let _ = router(st.clone(), true);
         let _ = router(st, false);

@@ -106,11 +106,17 @@ fn plan_generated_verified_approved_and_diffed_through_pulihctl() {
     assert_eq!(j["versions"].as_array().unwrap().len(), 2);
     assert!(ok(&mut ctl.pulihctl(&auditor, &["drp", "verify", md.to_str().unwrap()])).contains("version 2"));
 
-    // English HTML, then the diff from version 2 to 3 is the language.
+    // A target changes (issue 5 would do this in the catalog): version 3
+    // records it in its record of changes. English HTML this time.
+    let edited = systems.to_string().replace("\"rto_target_secs\":14400", "\"rto_target_secs\":7200");
+    assert_ne!(edited, systems.to_string());
+    fs::write(ctl.dir.join("systems.json"), edited).unwrap();
     let html = base.join("rpb-v3.html");
     ok(&mut ctl
         .pulihctl(&coord, &["drp", "generate", "--lang", "en", "--format", "html", "--out", html.to_str().unwrap()]));
-    assert!(fs::read_to_string(&html).unwrap().contains("DISASTER RECOVERY PLAN"));
+    let h = fs::read_to_string(&html).unwrap();
+    assert!(h.contains("DISASTER RECOVERY PLAN"));
+    assert!(h.contains("RTO target of portal changed from 4 hours to 2 hours."), "record of changes");
     let d = ok(&mut ctl.pulihctl(&auditor, &["drp", "diff", "1", "2"]));
     assert!(d.contains("changes from version 1 to version 2"), "{d}");
     assert!(d.contains("Kepala Dinas Uji"), "the approval is a change between 1 and 2: {d}");

@@ -175,6 +175,7 @@ impl PlanData {
             in_force,
             history,
             findings: Vec::new(),
+            changes: Vec::new(),
         };
         plan.findings = findings::compute(&plan);
         Ok(plan)

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, CatalogError, DrpVersionRow, NewAudit, NewDrpVersion};
 
+pub mod changes;
 pub mod doc;
 pub mod findings;
 pub mod format;
@@ -145,6 +146,11 @@ impl DrpSettings {
 pub fn build_document(plan: &PlanData, templates: &template::Templates) -> Result<doc::Document, DrpError> {
     let lang = Lang::parse(&plan.control.lang)
         .ok_or_else(|| DrpError::Invalid(format!("language {:?}", plan.control.lang)))?;
+    // Templates list systems in recovery order, whoever filled the plan.
+    let mut plan = plan.clone();
+    let (order, _, _) = findings::recovery_order(&plan.systems);
+    plan.systems.sort_by_key(|s| order.iter().position(|n| *n == s.name));
+    let plan = &plan;
     let text = templates.render(lang, plan)?;
     let blocks = doc::parse(&text)
         .map_err(|source| DrpError::Markup { file: format!("{}/plan.md.j2 (output)", lang.code()), source })?;
@@ -267,11 +273,15 @@ pub fn generate<C: std::ops::DerefMut<Target = Catalog>>(
     let templates = settings.templates();
     for _ in 0..3 {
         let input = settings.systems_input()?;
-        let plan = {
+        let (mut plan, previous) = {
             let cat = lock();
             let version = cat.drp_next_version()?;
-            PlanData::gather(&cat, &org, input, now, version, lang.code(), actor)?
+            let previous = cat.drp_versions()?.into_iter().next();
+            (PlanData::gather(&cat, &org, input, now, version, lang.code(), actor)?, previous)
         };
+        if let Some(prev) = previous.and_then(|v| stored_plan(&settings.data_dir, &v)) {
+            plan.changes = changes::since(&prev, &plan);
+        }
         let produced = produce(plan, &templates, format)?;
         let mut cat = lock();
         match record(&mut cat, &settings.data_dir, &produced) {
@@ -360,6 +370,12 @@ pub fn verify(
             }
         }
     }
+}
+
+/// Reads the [`PlanData`] a recorded version was generated from.
+pub fn stored_plan(data_dir: &Path, v: &DrpVersionRow) -> Option<PlanData> {
+    let path = data_dir.join(v.content_path.strip_suffix(".content.json")?.to_owned() + ".data.json");
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// Reads a recorded version's canonical tree from the data directory.

@@ -346,6 +346,9 @@ pub struct PlanData {
     /// Gaps, most severe first (computed by [`super::findings::compute`]).
     #[serde(default)]
     pub findings: Vec<Finding>,
+    /// What changed since the previous version ([`super::changes::since`]).
+    #[serde(default)]
+    pub changes: Vec<super::changes::ChangeFacts>,
 }
 
 impl PlanData {

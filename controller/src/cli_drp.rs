@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use pulih_controller::catalog::{actor_local, now_secs, rfc3339_ns, DrpVersionRow, NewAudit};
+use pulih_controller::catalog::{actor_local, now_secs, DrpVersionRow, NewAudit};
 use pulih_controller::datadir::DataDir;
 use pulih_controller::drp::{self, Format, Lang};
 use pulih_core::out;
@@ -73,7 +73,7 @@ pub enum DrpCmd {
 
 fn version_line(v: &DrpVersionRow) -> String {
     let approved = match (&v.approved_by, v.approved_at) {
-        (Some(by), Some(at)) => format!("approved {} by {by}", &rfc3339_ns(at * 1_000_000_000)[..10]),
+        (Some(by), Some(at)) => format!("approved {} by {by}", drp::format::utc_day(at)),
         _ => "not approved".into(),
     };
     format!(
@@ -82,7 +82,7 @@ fn version_line(v: &DrpVersionRow) -> String {
         v.number,
         v.lang,
         v.format,
-        &rfc3339_ns(v.generated_at * 1_000_000_000)[..19],
+        drp::format::utc_time(v.generated_at),
         &v.content_blake3[..16]
     )
 }
@@ -142,7 +142,7 @@ pub fn run(cmd: DrpCmd) -> Result<ExitCode> {
                         "In force: version {} ({}), next review by {}",
                         v.version,
                         v.number,
-                        v.next_review.map_or("-".into(), |t| rfc3339_ns(t * 1_000_000_000)[..10].to_owned())
+                        v.next_review.map_or("-".into(), pulih_controller::drp::format::utc_day)
                     ),
                     None => out!("In force: no approved version"),
                 }
@@ -195,7 +195,7 @@ pub fn run(cmd: DrpCmd) -> Result<ExitCode> {
                 "Version {} ({}) approved by {name}, {position}; next review by {}",
                 row.version,
                 row.number,
-                &rfc3339_ns(next * 1_000_000_000)[..10]
+                drp::format::utc_day(next)
             );
         }
         DrpCmd::Diff { v1, v2, dir, json } => {

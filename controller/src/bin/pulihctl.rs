@@ -321,7 +321,7 @@ impl Client {
 
 fn drp_row(v: &pulih_controller::catalog::DrpVersionRow) -> String {
     let approved = match (&v.approved_by, v.approved_at) {
-        (Some(by), Some(at)) => format!("approved {} by {by}", &rfc3339_ns(at * 1_000_000_000)[..10]),
+        (Some(by), Some(at)) => format!("approved {} by {by}", pulih_controller::drp::format::utc_day(at)),
         _ => "not approved".into(),
     };
     format!(
@@ -378,7 +378,7 @@ fn drp_cmd(c: &Client, cmd: DrpCmd, json: bool) -> Result<ExitCode> {
                     "In force: version {} ({}), next review by {}",
                     v.version,
                     v.number,
-                    v.next_review.map_or("-".into(), |t| rfc3339_ns(t * 1_000_000_000)[..10].to_owned())
+                    v.next_review.map_or("-".into(), pulih_controller::drp::format::utc_day)
                 ),
                 None => out!("In force: no approved version"),
             }
@@ -423,7 +423,7 @@ fn drp_cmd(c: &Client, cmd: DrpCmd, json: bool) -> Result<ExitCode> {
                     row.number,
                     row.approved_by.unwrap_or_default(),
                     row.approved_position.unwrap_or_default(),
-                    row.next_review.map_or("-".into(), |t| rfc3339_ns(t * 1_000_000_000)[..10].to_owned())
+                    row.next_review.map_or("-".into(), pulih_controller::drp::format::utc_day)
                 );
             }
         }

@@ -128,6 +128,16 @@ pub fn decimal(lang: Lang, v: f64) -> String {
     }
 }
 
+/// `YYYY-MM-DD` (UTC) of Unix seconds, for command-line tables.
+pub fn utc_day(secs: i64) -> String {
+    utc_time(secs).chars().take(10).collect()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) of Unix seconds, for command-line tables.
+pub fn utc_time(secs: i64) -> String {
+    crate::catalog::rfc3339_ns(secs.saturating_mul(1_000_000_000)).chars().take(19).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,12 @@ pub enum DrpCmd {
         /// pdf (default), html or md.
         #[arg(long, default_value = "pdf")]
         format: String,
+        /// plan (default), integrity (report) or drill (report, with --drill).
+        #[arg(long, default_value = "plan")]
+        kind: String,
+        /// The drill a drill report is about.
+        #[arg(long)]
+        drill: Option<String>,
         /// Also write the file here (it is always kept under DATA_DIR/drp/).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -77,8 +83,9 @@ fn version_line(v: &DrpVersionRow) -> String {
         _ => "not approved".into(),
     };
     format!(
-        "{:>4}  {:<28} {:<3} {:<5} {:<20} {}  {approved}",
+        "{:>4}  {:<9} {:<34} {:<3} {:<5} {:<20} {}  {approved}",
         v.version,
+        v.kind,
         v.number,
         v.lang,
         v.format,
@@ -89,16 +96,18 @@ fn version_line(v: &DrpVersionRow) -> String {
 
 pub fn run(cmd: DrpCmd) -> Result<ExitCode> {
     match cmd {
-        DrpCmd::Generate { dir, lang, format, out, json } => {
+        DrpCmd::Generate { dir, lang, format, kind, drill, out, json } => {
             let dd = DataDir::new(&dir.data_dir);
             let cfg = dd.config()?;
             let settings = dd.drp_settings(&cfg)?;
             let lang = Lang::parse(&lang).with_context(|| format!("--lang {lang}: use id or en"))?;
             let format = Format::parse(&format).with_context(|| format!("--format {format}: use pdf, html or md"))?;
+            let kind = drp::Kind::parse(&kind, drill.as_deref())?;
             let cat = std::sync::Mutex::new(dd.catalog()?);
-            let (row, bytes) = drp::generate(
+            let (row, bytes) = drp::generate_kind(
                 || cat.lock().unwrap_or_else(|e| e.into_inner()),
                 &settings,
+                &kind,
                 lang,
                 format,
                 &actor_local(),
@@ -126,8 +135,9 @@ pub fn run(cmd: DrpCmd) -> Result<ExitCode> {
                 out!("{}", serde_json::json!({"versions": versions, "in_force": in_force}));
             } else {
                 out!(
-                    "{:>4}  {:<28} {:<3} {:<5} {:<20} {:<16}  APPROVAL",
+                    "{:>4}  {:<9} {:<34} {:<3} {:<5} {:<20} {:<16}  APPROVAL",
                     "VER",
+                    "KIND",
                     "NUMBER",
                     "LNG",
                     "FMT",

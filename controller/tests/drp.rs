@@ -90,6 +90,26 @@ fn golden_markdown_and_html_in_both_languages() {
 }
 
 #[test]
+fn golden_integrity_and_drill_reports_in_both_languages() {
+    for lang in ["id", "en"] {
+        let mut p = plan("gaps", lang);
+        p.control.kind = "integrity".into();
+        let d = drp::build_document(&p, &builtin()).unwrap();
+        let md = String::from_utf8(drp::render(&d, Format::Md, 0).unwrap()).unwrap();
+        golden(&format!("integrity-gaps-{lang}.md"), &md);
+        assert!(md.contains("T-") && md.contains("#3"), "integrity report lacks its findings or scrub");
+        p.control.kind = "drill".into();
+        p.control.subject = Some("drill-2026-040".into());
+        let d = drp::build_document(&p, &builtin()).unwrap();
+        let md = String::from_utf8(drp::render(&d, Format::Md, 0).unwrap()).unwrap();
+        golden(&format!("drill-gaps-{lang}.md"), &md);
+        assert!(md.contains("drill-2026-040") && md.contains("HTTP 502"));
+        // The PDF renders too (signature without NIP, cover subtitle).
+        assert!(drp::render(&d, Format::Pdf, 0).unwrap().starts_with(b"%PDF-"));
+    }
+}
+
+#[test]
 fn healthy_plan_states_no_serious_gap_and_the_gaps_plan_states_every_one() {
     let healthy = plan("healthy", "id");
     let serious: Vec<_> = healthy.findings.iter().filter(|f| f.severity != findings::Severity::Low).collect();
@@ -299,6 +319,8 @@ fn html_opens_in_headless_chromium_without_console_errors() {
 fn row_for(d: &drp::doc::Document, bytes: &[u8], format: &str) -> DrpVersionRow {
     DrpVersionRow {
         version: d.meta.version,
+        kind: "plan".into(),
+        subject: None,
         number: d.meta.number.clone(),
         lang: d.meta.lang.clone(),
         format: format.into(),

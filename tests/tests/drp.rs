@@ -121,6 +121,22 @@ fn plan_generated_verified_approved_and_diffed_through_pulihctl() {
     assert!(d.contains("changes from version 1 to version 2"), "{d}");
     assert!(d.contains("Kepala Dinas Uji"), "the approval is a change between 1 and 2: {d}");
 
+    // The integrity report, from the same catalog, cannot be approved.
+    let integ = base.join("integritas.pdf");
+    let out =
+        ok(&mut ctl.pulihctl(&coord, &["drp", "generate", "--kind", "integrity", "--out", integ.to_str().unwrap()]));
+    assert!(out.contains("Version 4 generated") && out.contains("/INTEGRITAS/4/"), "{out}");
+    assert!(
+        ok(&mut ctl.pulihctl(&auditor, &["drp", "verify", integ.to_str().unwrap()])).contains("unaltered: version 4")
+    );
+    let o = ctl.pulihctl(&admin, &["drp", "approve", "4", "--name", "X", "--position", "Y"]).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("only plans are approved"), "{}", stderr(&o));
+    let o = ctl
+        .pulihctl(&coord, &["drp", "generate", "--kind", "drill", "--drill", "nope", "--out", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("no drill"), "{}", stderr(&o));
+
     // Download gives the same bytes as generate wrote.
     let dl = base.join("dl.pdf");
     ok(&mut ctl.pulihctl(&auditor, &["drp", "download", "1", "--out", dl.to_str().unwrap()]));

@@ -50,12 +50,13 @@ pub async fn generate(
     let format = req.format.as_deref().unwrap_or("pdf");
     let format =
         Format::parse(format).ok_or_else(|| ApiError::invalid(format!("format {format:?}: use pdf, html or md")))?;
+    let kind = drp::Kind::parse(req.kind.as_deref().unwrap_or("plan"), req.drill.as_deref())?;
     let settings = settings(&st)?;
     let backend = st.backend.clone();
     let actor = caller.actor();
     let row = tokio::task::spawn_blocking(move || {
         let lock = || backend.catalog.lock().unwrap_or_else(|e| e.into_inner());
-        drp::generate(lock, &settings, lang, format, &actor, now_secs())
+        drp::generate_kind(lock, &settings, &kind, lang, format, &actor, now_secs())
     })
     .await
     .map_err(|e| ApiError::internal(format!("plan generation failed: {e}")))??

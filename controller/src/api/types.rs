@@ -197,6 +197,12 @@ pub struct DrpGenerateRequest {
     /// `pdf` (default), `html` or `md`.
     #[serde(default)]
     pub format: Option<String>,
+    /// `plan` (default), `integrity` (report) or `drill` (report).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The drill of a drill report.
+    #[serde(default)]
+    pub drill: Option<String>,
 }
 
 /// `POST /api/v1/drp/versions/{version}/approve`.

@@ -118,6 +118,12 @@ enum DrpCmd {
         /// pdf (default), html or md.
         #[arg(long, default_value = "pdf")]
         format: String,
+        /// plan (default), integrity (report) or drill (report, with --drill).
+        #[arg(long, default_value = "plan")]
+        kind: String,
+        /// The drill a drill report is about.
+        #[arg(long)]
+        drill: Option<String>,
         /// Where to write the file.
         #[arg(long)]
         out: PathBuf,
@@ -325,8 +331,9 @@ fn drp_row(v: &pulih_controller::catalog::DrpVersionRow) -> String {
         _ => "not approved".into(),
     };
     format!(
-        "{:>4}  {:<28} {:<3} {:<5} {:<20} {}  {approved}",
+        "{:>4}  {:<9} {:<34} {:<3} {:<5} {:<20} {}  {approved}",
         v.version,
+        v.kind,
         v.number,
         v.lang,
         v.format,
@@ -339,9 +346,9 @@ fn drp_cmd(c: &Client, cmd: DrpCmd, json: bool) -> Result<ExitCode> {
     use pulih_controller::catalog::DrpVersionRow;
     use pulih_controller::drp;
     match cmd {
-        DrpCmd::Generate { lang, format, out } => {
-            let row: DrpVersionRow =
-                c.call("POST", "/drp/generate", Some(serde_json::json!({"lang": lang, "format": format})))?;
+        DrpCmd::Generate { lang, format, kind, drill, out } => {
+            let body = serde_json::json!({"lang": lang, "format": format, "kind": kind, "drill": drill});
+            let row: DrpVersionRow = c.call("POST", "/drp/generate", Some(body))?;
             let bytes = c.get_bytes(&format!("/drp/versions/{}/file", row.version))?;
             if blake3::hash(&bytes).to_hex().as_str() != row.file_blake3 {
                 bail!("the downloaded file does not match the recorded hash of version {}", row.version);
@@ -362,8 +369,9 @@ fn drp_cmd(c: &Client, cmd: DrpCmd, json: bool) -> Result<ExitCode> {
                 return print_json(&r).map(|_| ExitCode::SUCCESS);
             }
             out!(
-                "{:>4}  {:<28} {:<3} {:<5} {:<20} {:<16}  APPROVAL",
+                "{:>4}  {:<9} {:<34} {:<3} {:<5} {:<20} {:<16}  APPROVAL",
                 "VER",
+                "KIND",
                 "NUMBER",
                 "LNG",
                 "FMT",

@@ -11,6 +11,10 @@ use super::{Catalog, CatalogError};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DrpVersionRow {
     pub version: i64,
+    /// `plan`, `integrity` (report) or `drill` (report).
+    pub kind: String,
+    /// The drill a drill report is about.
+    pub subject: Option<String>,
     pub number: String,
     pub lang: String,
     pub format: String,
@@ -36,6 +40,8 @@ pub struct DrpVersionRow {
 #[derive(Debug, Clone)]
 pub struct NewDrpVersion {
     pub version: i64,
+    pub kind: String,
+    pub subject: Option<String>,
     pub number: String,
     pub lang: String,
     pub format: String,
@@ -59,27 +65,30 @@ pub struct LatestSnapshot {
     pub damaged: u64,
 }
 
-const COLS: &str = "version, number, lang, format, generated_at, generated_by, data_as_of, generator_version,
+const COLS: &str =
+    "version, kind, subject, number, lang, format, generated_at, generated_by, data_as_of, generator_version,
     content_blake3, file_blake3, file_path, content_path, approved_by, approved_position, approved_at, next_review";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DrpVersionRow> {
     Ok(DrpVersionRow {
         version: r.get(0)?,
-        number: r.get(1)?,
-        lang: r.get(2)?,
-        format: r.get(3)?,
-        generated_at: r.get(4)?,
-        generated_by: r.get(5)?,
-        data_as_of: r.get(6)?,
-        generator_version: r.get(7)?,
-        content_blake3: r.get(8)?,
-        file_blake3: r.get(9)?,
-        file_path: r.get(10)?,
-        content_path: r.get(11)?,
-        approved_by: r.get(12)?,
-        approved_position: r.get(13)?,
-        approved_at: r.get(14)?,
-        next_review: r.get(15)?,
+        kind: r.get(1)?,
+        subject: r.get(2)?,
+        number: r.get(3)?,
+        lang: r.get(4)?,
+        format: r.get(5)?,
+        generated_at: r.get(6)?,
+        generated_by: r.get(7)?,
+        data_as_of: r.get(8)?,
+        generator_version: r.get(9)?,
+        content_blake3: r.get(10)?,
+        file_blake3: r.get(11)?,
+        file_path: r.get(12)?,
+        content_path: r.get(13)?,
+        approved_by: r.get(14)?,
+        approved_position: r.get(15)?,
+        approved_at: r.get(16)?,
+        next_review: r.get(17)?,
     })
 }
 
@@ -94,8 +103,8 @@ impl Catalog {
     pub fn drp_insert(&mut self, v: &NewDrpVersion) -> Result<(), CatalogError> {
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO drp_versions (version, number, lang, format, generated_at, generated_by, data_as_of,
-                generator_version, content_blake3, file_blake3, file_path, content_path)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                generator_version, content_blake3, file_blake3, file_path, content_path, kind, subject)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 v.version,
                 v.number,
@@ -108,7 +117,9 @@ impl Catalog {
                 v.content_blake3,
                 v.file_blake3,
                 v.file_path,
-                v.content_path
+                v.content_path,
+                v.kind,
+                v.subject
             ],
         )?;
         if n == 0 {
@@ -146,7 +157,7 @@ impl Catalog {
             .conn
             .query_row(
                 &format!(
-                    "SELECT {COLS} FROM drp_versions WHERE approved_at IS NOT NULL ORDER BY approved_at DESC, version DESC LIMIT 1"
+                    "SELECT {COLS} FROM drp_versions WHERE kind = 'plan' AND approved_at IS NOT NULL ORDER BY approved_at DESC, version DESC LIMIT 1"
                 ),
                 [],
                 row,
@@ -166,6 +177,12 @@ impl Catalog {
         next_review: i64,
     ) -> Result<DrpVersionRow, CatalogError> {
         let v = self.drp_version(version)?;
+        if v.kind != "plan" {
+            return Err(CatalogError::Invalid(format!(
+                "version {version} is a {} report; only plans are approved",
+                v.kind
+            )));
+        }
         if let (Some(by), Some(when)) = (&v.approved_by, v.approved_at) {
             return Err(CatalogError::Invalid(format!(
                 "plan version {version} was already approved by {by} at {}",
@@ -230,6 +247,8 @@ mod tests {
     fn v(version: i64, hash: &str) -> NewDrpVersion {
         NewDrpVersion {
             version,
+            kind: "plan".into(),
+            subject: None,
             number: format!("DRP/X/{version}/2026"),
             lang: "id".into(),
             format: "pdf".into(),

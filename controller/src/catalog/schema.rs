@@ -162,11 +162,14 @@ CREATE TABLE audit_log (
 );
 "#;
 
-/// DR plan versions (issue 6): every generated plan document, the files
-/// and hashes that let `drp verify` recognise it, and its approval.
+/// DR plan versions (issue 6): every generated plan document (and drill and
+/// integrity report), the files and hashes that let `drp verify` recognise
+/// it, and the approval of plans.
 const DRP: &str = r#"
 CREATE TABLE drp_versions (
     version           INTEGER PRIMARY KEY,
+    kind              TEXT NOT NULL CHECK (kind IN ('plan', 'integrity', 'drill')),
+    subject           TEXT,
     number            TEXT NOT NULL,
     lang              TEXT NOT NULL CHECK (lang IN ('id', 'en')),
     format            TEXT NOT NULL CHECK (format IN ('md', 'html', 'pdf')),

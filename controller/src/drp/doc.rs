@@ -214,14 +214,17 @@ pub fn parse(text: &str) -> Result<Vec<Block>, MarkupError> {
                     let mut out = Vec::new();
                     for l in body {
                         let c = split_row(l);
-                        if c.len() != 4 {
-                            return Err(err(start, "signature lines are `role | name | position | NIP`"));
+                        if !(3..=4).contains(&c.len()) {
+                            return Err(err(
+                                start,
+                                "signature lines are `role | name | position | NIP` (NIP may be left out)",
+                            ));
                         }
                         out.push(SignLine {
                             role: c[0].clone(),
                             name: c[1].clone(),
                             position: c[2].clone(),
-                            nip: c[3].clone(),
+                            nip: c.get(3).cloned().unwrap_or_default(),
                         });
                     }
                     blocks.push(Block::Signature { lines: out });

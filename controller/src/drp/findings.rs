@@ -290,7 +290,7 @@ pub fn compute(plan: &PlanData) -> Vec<Finding> {
                                     last.id
                                 ),
                             ),
-                            ("Perapat jadwal pencadangan sistem ini.", "Back this system up more often."),
+                            ("Perpendek selang waktu pencadangan sistem ini.", "Back this system up more often."),
                         );
                     }
                 }

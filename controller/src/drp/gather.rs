@@ -15,11 +15,18 @@ pub fn generator_version() -> String {
     format!("pulih-controller {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Document number of a version: `PREFIX/VERSION/YEAR` (year in local time).
-pub fn document_number(org: &Organisation, version: i64, at: i64) -> String {
+/// Document number of a version: `PREFIX/VERSION/YEAR` for a plan,
+/// `PREFIX/INTEGRITAS/VERSION/YEAR` and `PREFIX/UJI/VERSION/YEAR` for the
+/// integrity and drill reports (year in local time).
+pub fn document_number(org: &Organisation, kind: &str, version: i64, at: i64) -> String {
     let year = time::OffsetDateTime::from_unix_timestamp(at + i64::from(org.document.utc_offset_secs))
         .map_or(1970, |t| t.year());
-    format!("{}/{version}/{year}", org.document.number_prefix)
+    let infix = match kind {
+        "integrity" => "INTEGRITAS/",
+        "drill" => "UJI/",
+        _ => "",
+    };
+    format!("{}/{infix}{version}/{year}", org.document.number_prefix)
 }
 
 impl PlanData {
@@ -139,6 +146,7 @@ impl PlanData {
         let history = catalog
             .drp_versions()?
             .into_iter()
+            .filter(|v| v.kind == "plan")
             .take(20)
             .map(|v| VersionFacts {
                 version: v.version,
@@ -154,13 +162,15 @@ impl PlanData {
         let controller_name = catalog.meta_get("controller_name")?.unwrap_or_else(|| "drc".into());
         let mut plan = PlanData {
             control: DocControl {
-                number: document_number(org, version, now),
+                number: document_number(org, "plan", version, now),
                 version,
                 lang: lang.into(),
                 generated_at: now,
                 data_as_of: now,
                 generator_version: generator_version(),
                 generated_by: generated_by.into(),
+                kind: "plan".into(),
+                subject: None,
             },
             organisation: org.clone(),
             controller_name,

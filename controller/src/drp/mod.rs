@@ -152,8 +152,10 @@ pub fn build_document(plan: &PlanData, templates: &template::Templates) -> Resul
     plan.systems.sort_by_key(|s| order.iter().position(|n| *n == s.name));
     let plan = &plan;
     let text = templates.render(lang, plan)?;
-    let blocks = doc::parse(&text)
-        .map_err(|source| DrpError::Markup { file: format!("{}/plan.md.j2 (output)", lang.code()), source })?;
+    let blocks = doc::parse(&text).map_err(|source| DrpError::Markup {
+        file: format!("{}/{}.md.j2 (output)", lang.code(), plan.control.kind),
+        source,
+    })?;
     let title = blocks
         .iter()
         .find_map(|b| match b {
@@ -223,7 +225,7 @@ pub fn record(catalog: &mut Catalog, data_dir: &Path, p: &Produced) -> Result<Dr
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let c = &p.plan.control;
     let content = &p.doc.meta.content_blake3;
-    let stem = format!("plan-v{}-{}-{}", c.version, c.lang, &content[..16]);
+    let stem = format!("{}-v{}-{}-{}", c.kind, c.version, c.lang, &content[..16]);
     let file = format!("drp/{stem}.{}", p.format.ext());
     let tree = format!("drp/{stem}.content.json");
     let data = format!("drp/{stem}.data.json");
@@ -233,6 +235,8 @@ pub fn record(catalog: &mut Catalog, data_dir: &Path, p: &Produced) -> Result<Dr
     let file_blake3 = blake3::hash(&p.bytes).to_hex().to_string();
     let v = NewDrpVersion {
         version: c.version,
+        kind: c.kind.clone(),
+        subject: c.subject.clone(),
         number: c.number.clone(),
         lang: c.lang.clone(),
         format: p.format.ext().into(),
@@ -250,13 +254,45 @@ pub fn record(catalog: &mut Catalog, data_dir: &Path, p: &Produced) -> Result<Dr
         "drp-generate",
         &format!("version {}", c.version),
         serde_json::json!({
-            "number": c.number, "lang": c.lang, "format": p.format.ext(),
+            "kind": c.kind, "subject": c.subject, "number": c.number, "lang": c.lang, "format": p.format.ext(),
             "content_blake3": content, "file_blake3": file_blake3, "file": file,
             "findings": p.plan.findings.len(),
         }),
     );
     catalog.audited(&entry, |cat| cat.drp_insert(&v))?;
     Ok(catalog.drp_version(c.version)?)
+}
+
+/// Which document to generate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// The disaster recovery plan.
+    Plan,
+    /// The integrity (scrub and audit chain) report.
+    Integrity,
+    /// The report of one drill, by id.
+    Drill(String),
+}
+
+impl Kind {
+    /// From `plan`, `integrity` or `drill` with the drill id.
+    pub fn parse(kind: &str, drill: Option<&str>) -> Result<Self, DrpError> {
+        match (kind, drill) {
+            ("plan", None) => Ok(Kind::Plan),
+            ("integrity", None) => Ok(Kind::Integrity),
+            ("drill", Some(id)) if !id.trim().is_empty() => Ok(Kind::Drill(id.trim().to_owned())),
+            ("drill", _) => Err(DrpError::Invalid("a drill report needs the drill id".into())),
+            ("plan" | "integrity", Some(_)) => Err(DrpError::Invalid("a drill id is only for --kind drill".into())),
+            (other, _) => Err(DrpError::Invalid(format!("kind {other:?}: use plan, integrity or drill"))),
+        }
+    }
+    fn name(&self) -> &'static str {
+        match self {
+            Kind::Plan => "plan",
+            Kind::Integrity => "integrity",
+            Kind::Drill(_) => "drill",
+        }
+    }
 }
 
 /// Gathers, renders and records one plan version, taking the catalog
@@ -269,18 +305,41 @@ pub fn generate<C: std::ops::DerefMut<Target = Catalog>>(
     actor: &str,
     now: i64,
 ) -> Result<(DrpVersionRow, Vec<u8>), DrpError> {
+    generate_kind(lock, settings, &Kind::Plan, lang, format, actor, now)
+}
+
+/// [`generate`] for any document kind (plan, integrity report, drill report).
+pub fn generate_kind<C: std::ops::DerefMut<Target = Catalog>>(
+    lock: impl Fn() -> C,
+    settings: &DrpSettings,
+    kind: &Kind,
+    lang: Lang,
+    format: Format,
+    actor: &str,
+    now: i64,
+) -> Result<(DrpVersionRow, Vec<u8>), DrpError> {
     let org = settings.organisation()?;
     let templates = settings.templates();
     for _ in 0..3 {
         let input = settings.systems_input()?;
+        if let Kind::Drill(id) = kind {
+            if !input.drills.iter().any(|d| &d.id == id) {
+                return Err(DrpError::Catalog(CatalogError::NotFound(format!("no drill {id:?}"))));
+            }
+        }
         let (mut plan, previous) = {
             let cat = lock();
             let version = cat.drp_next_version()?;
-            let previous = cat.drp_versions()?.into_iter().next();
+            let previous = cat.drp_versions()?.into_iter().find(|v| v.kind == "plan");
             (PlanData::gather(&cat, &org, input, now, version, lang.code(), actor)?, previous)
         };
         if let Some(prev) = previous.and_then(|v| stored_plan(&settings.data_dir, &v)) {
             plan.changes = changes::since(&prev, &plan);
+        }
+        plan.control.kind = kind.name().into();
+        plan.control.number = gather::document_number(&org, kind.name(), plan.control.version, now);
+        if let Kind::Drill(id) = kind {
+            plan.control.subject = Some(id.clone());
         }
         let produced = produce(plan, &templates, format)?;
         let mut cat = lock();

@@ -28,6 +28,16 @@ pub struct DocControl {
     pub generator_version: String,
     /// Who generated it (`token:NAME`, `local:USER`).
     pub generated_by: String,
+    /// `plan`, `integrity` (report) or `drill` (report): which template.
+    #[serde(default = "default_doc_kind")]
+    pub kind: String,
+    /// The drill a drill report is about.
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+fn default_doc_kind() -> String {
+    "plan".into()
 }
 
 /// The approved version in force (the latest approval recorded).

@@ -21,6 +21,10 @@ use super::model::PlanData;
 pub const EMBEDDED: &[(&str, &str)] = &[
     ("id/plan.md.j2", include_str!("../../../drp-templates/id/plan.md.j2")),
     ("en/plan.md.j2", include_str!("../../../drp-templates/en/plan.md.j2")),
+    ("id/integrity.md.j2", include_str!("../../../drp-templates/id/integrity.md.j2")),
+    ("en/integrity.md.j2", include_str!("../../../drp-templates/en/integrity.md.j2")),
+    ("id/drill.md.j2", include_str!("../../../drp-templates/id/drill.md.j2")),
+    ("en/drill.md.j2", include_str!("../../../drp-templates/en/drill.md.j2")),
 ];
 
 /// A template failed.
@@ -47,7 +51,7 @@ impl Templates {
         }
     }
 
-    /// Renders `plan.md.j2` of the plan's language into markup.
+    /// Renders `<kind>.md.j2` (plan, integrity, drill) of the language into markup.
     pub fn render(&self, lang: Lang, plan: &PlanData) -> Result<String, TemplateError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -105,7 +109,11 @@ impl Templates {
                 .collect();
             Value::from_serialize(&v)
         });
-        let name = format!("{}/plan.md.j2", lang.code());
+        let kind = match plan.control.kind.as_str() {
+            k @ ("plan" | "integrity" | "drill") => k,
+            other => return Err(TemplateError::File { file: other.into(), message: "unknown document kind".into() }),
+        };
+        let name = format!("{}/{kind}.md.j2", lang.code());
         let wrap = |e: minijinja::Error| {
             let file = e.name().map_or_else(|| self.file_of(&name), |n| self.file_of(n));
             let mut message = e.kind().to_string();
@@ -118,7 +126,14 @@ impl Templates {
             }
         };
         let tmpl = env.get_template(&name).map_err(wrap)?;
-        tmpl.render(minijinja::context! { plan => Value::from_serialize(plan) }).map_err(wrap)
+        let drill = plan.control.subject.as_ref().and_then(|id| plan.drills.iter().find(|d| &d.id == id));
+        let system = drill.and_then(|d| plan.systems.iter().find(|s| s.name == d.system));
+        tmpl.render(minijinja::context! {
+            plan => Value::from_serialize(plan),
+            drill => Value::from_serialize(drill),
+            system => Value::from_serialize(system),
+        })
+        .map_err(wrap)
     }
 }
 

@@ -226,6 +226,16 @@ if ((controller)); then
     install_file "$script_dir/pulih-controller.service" /etc/systemd/system/pulih-controller.service 0644 1
     say "Memasang contoh /etc/pulih/controller.toml.example / Installing example /etc/pulih/controller.toml.example"
     install_file "$script_dir/controller.toml.example" /etc/pulih/controller.toml.example 0644
+    say "Memasang contoh /etc/pulih/organisation.toml.example / Installing example /etc/pulih/organisation.toml.example"
+    install_file "$script_dir/organisation.toml.example" /etc/pulih/organisation.toml.example 0644
+    # Templates of the DR plan, read at run time ([drp] templates); editable copies.
+    templates_src="$script_dir/../drp-templates"
+    if [[ -d $templates_src ]]; then
+        say "Memasang templat dokumen DRP ke ${prefix%/}/share/pulih/drp-templates / Installing DR plan templates"
+        while IFS= read -r -d '' f; do
+            install_file "$f" "${prefix%/}/share/pulih/drp-templates/${f#"$templates_src"/}" 0644
+        done < <(find "$templates_src" -type f -print0 | sort -z)
+    fi
     if [[ -e $(at /var/lib/pulih/controller.toml) ]]; then
         say "Konfigurasi /var/lib/pulih/controller.toml sudah ada, tidak diubah / Configuration /var/lib/pulih/controller.toml exists, left unchanged"
     fi

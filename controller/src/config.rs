@@ -29,6 +29,22 @@ pub struct ControllerConfig {
     pub restore: RestoreSection,
     #[serde(default)]
     pub api: ApiSection,
+    #[serde(default)]
+    pub drp: DrpSection,
+}
+
+/// `[drp]`: inputs of the disaster recovery plan document. Relative paths
+/// are relative to the data directory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrpSection {
+    /// `organisation.toml` (default: DATA_DIR/organisation.toml).
+    pub organisation: Option<std::path::PathBuf>,
+    /// Template directory with `id/` and `en/` (default: the installed
+    /// /usr/share/pulih/drp-templates when present, else the built-in copy).
+    pub templates: Option<std::path::PathBuf>,
+    /// JSON file with the protected systems and drills (SystemsInput).
+    pub systems: Option<std::path::PathBuf>,
 }
 
 /// `[gc]`: garbage collection, also scheduled inside `serve`.
@@ -392,6 +408,15 @@ keep_yearly = 10
 # Simpan semua snapshot dalam rentang ini dari snapshot terbaru dataset
 # Keep every snapshot within this duration of the dataset's newest snapshot.
 keep_within = "7d"
+
+[drp]
+# Dokumen rencana pemulihan bencana (Pasal 18). Tanpa kunci di bawah ini, data organisasi dibaca dari
+# organisation.toml di direktori data dan templat terpasang (atau bawaan) dipakai.
+# The disaster recovery plan document. Without the keys below, organisation data is read from
+# organisation.toml in the data directory and the installed (or built-in) templates are used.
+# organisation = "/etc/pulih/organisation.toml"
+# templates = "/usr/local/share/pulih/drp-templates"
+# systems = "systems.json"
 "#
     )
 }

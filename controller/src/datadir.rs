@@ -77,6 +77,18 @@ impl DataDir {
         ControllerConfig::load(&self.config_path())
     }
 
+    /// The DR plan's inputs from `[drp]` of the configuration.
+    pub fn drp_settings(&self, cfg: &ControllerConfig) -> Result<crate::drp::DrpSettings> {
+        let abs = |p: &Path| if p.is_absolute() { p.to_owned() } else { self.root.join(p) };
+        let templates = crate::drp::template::resolve_dir(cfg.drp.templates.as_deref().map(abs).as_deref())?;
+        Ok(crate::drp::DrpSettings {
+            data_dir: self.root.clone(),
+            organisation: cfg.drp.organisation.as_deref().map_or_else(|| self.root.join("organisation.toml"), abs),
+            templates,
+            systems: cfg.drp.systems.as_deref().map(abs),
+        })
+    }
+
     /// Opens the catalog.
     pub fn catalog(&self) -> Result<Catalog> {
         self.check_exists()?;

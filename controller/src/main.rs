@@ -21,6 +21,8 @@ use pulih_core::out;
 use pulih_core::{AgentName, TreeId};
 use tokio_util::sync::CancellationToken;
 
+mod cli_drp;
+
 /// Pulih controller: receives, verifies, stores and restores replicated data
 /// at the Disaster Recovery Centre.
 #[derive(Parser)]
@@ -31,10 +33,10 @@ struct Cli {
 }
 
 #[derive(clap::Args)]
-struct DataDirArg {
+pub(crate) struct DataDirArg {
     /// Data directory of the controller (catalog, store, certificates).
     #[arg(long, env = "PULIH_DATA_DIR", default_value = "/var/lib/pulih")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -205,6 +207,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// The disaster recovery plan document (Pasal 18): generate, list, verify, approve, diff.
+    Drp {
+        #[command(subcommand)]
+        cmd: cli_drp::DrpCmd,
+    },
     /// Rebuild a lost catalog.db from the store and pki/issued/.
     RebuildCatalog {
         #[command(flatten)]
@@ -338,6 +345,13 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 restore_root: cfg.restore_root(&dd.root),
                 scrub_rate: cfg.scrub_schedule().1,
                 scrub: scrubs.clone(),
+                drp: match dd.drp_settings(&cfg) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "DR plan settings ([drp]) unusable; plan endpoints answer 404");
+                        None
+                    }
+                },
             });
             let router = api::router(api_state, cfg.api.metrics);
             let limits = Limits {
@@ -663,6 +677,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 out!("{}", pulih_controller::catalog::DamageRow::table(&rows));
             }
         }
+        Cmd::Drp { cmd } => return cli_drp::run(cmd),
         Cmd::RebuildCatalog { dir, force, json } => {
             let dd = DataDir::new(&dir.data_dir);
             let report = rebuild::rebuild(&dd, force);

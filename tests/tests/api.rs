@@ -56,6 +56,8 @@ fn body_for(kind: &str, snap: &str, counter: &mut u32) -> Option<Vec<u8>> {
         "token" => json!({"name": format!("n{counter}"), "role": "auditor"}),
         "prune" => json!({"dry_run": true}),
         "scrub" => json!({}),
+        "drp-generate" => json!({"lang": "id", "format": "md"}),
+        "drp-approve" => json!({"name": "Kepala Dinas (contoh)", "position": "Kepala Dinas"}),
         other => panic!("{other}"),
     };
     Some(v.to_string().into_bytes())
@@ -74,7 +76,13 @@ fn role_matrix_each_role_each_endpoint() {
     // An id no snapshot has: allowed callers get 404, the snapshot stays.
     let forget_path = format!("/api/v1/snapshots/{}/forget", "0".repeat(64));
     // (method, path, documented path, access, body)
-    let table: [(&str, &str, &str, &str, &str); 18] = [
+    // The DR plan needs organisation data: the shipped example.
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/organisation.toml.example"),
+        ctl.dir.join("organisation.toml"),
+    )
+    .unwrap();
+    let table: [(&str, &str, &str, &str, &str); 24] = [
         ("GET", "/api/v1/agents", "/api/v1/agents", "read", ""),
         ("POST", "/api/v1/agents/ghost/revoke", "/api/v1/agents/{name}/revoke", "admin", ""),
         ("POST", "/api/v1/enroll-tokens", "/api/v1/enroll-tokens", "admin", "enroll"),
@@ -93,6 +101,12 @@ fn role_matrix_each_role_each_endpoint() {
         ("POST", "/api/v1/scrub", "/api/v1/scrub", "operate", "scrub"),
         ("GET", "/api/v1/scrub", "/api/v1/scrub", "read", ""),
         ("GET", "/api/v1/damage", "/api/v1/damage", "read", ""),
+        ("POST", "/api/v1/drp/generate", "/api/v1/drp/generate", "operate", "drp-generate"),
+        ("GET", "/api/v1/drp/versions", "/api/v1/drp/versions", "read", ""),
+        ("GET", "/api/v1/drp/versions/1", "/api/v1/drp/versions/{version}", "read", ""),
+        ("GET", "/api/v1/drp/versions/1/file", "/api/v1/drp/versions/{version}/file", "read", ""),
+        ("GET", "/api/v1/drp/versions/1/content", "/api/v1/drp/versions/{version}/content", "read", ""),
+        ("POST", "/api/v1/drp/versions/1/approve", "/api/v1/drp/versions/{version}/approve", "admin", "drp-approve"),
     ];
     let mut counter = 0;
     let mut covered =

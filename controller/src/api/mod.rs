@@ -40,6 +40,7 @@ use crate::catalog::{Catalog, CatalogError, Role, TokenAuth};
 use crate::metrics::Metrics;
 use crate::session::Backend;
 
+mod drp;
 mod handlers;
 mod lifecycle;
 pub mod types;
@@ -76,7 +77,7 @@ impl Access {
             Access::Public => "use public endpoints",
             Access::Read => "read",
             Access::Operate => "run verify, restore or other operations",
-            Access::Admin => "administer tokens and agents",
+            Access::Admin => "administer tokens and agents, or approve the DR plan",
         }
     }
 }
@@ -135,6 +136,12 @@ pub fn routes(metrics: bool) -> Vec<Route> {
         route(Method::POST, "/api/v1/scrub", Operate, lifecycle::scrub_start),
         route(Method::GET, "/api/v1/scrub", Read, lifecycle::scrub_status),
         route(Method::GET, "/api/v1/damage", Read, lifecycle::damage),
+        route(Method::POST, "/api/v1/drp/generate", Operate, drp::generate),
+        route(Method::GET, "/api/v1/drp/versions", Read, drp::versions),
+        route(Method::GET, "/api/v1/drp/versions/{version}", Read, drp::version),
+        route(Method::GET, "/api/v1/drp/versions/{version}/file", Read, drp::file),
+        route(Method::GET, "/api/v1/drp/versions/{version}/content", Read, drp::content),
+        route(Method::POST, "/api/v1/drp/versions/{version}/approve", Admin, drp::approve),
     ];
     if metrics {
         v.push(route(Method::GET, "/metrics", Public, h::metrics));
@@ -160,6 +167,8 @@ pub struct ApiState {
     pub scrub_rate: u64,
     /// The scrub running in this process (shared with the scheduled one).
     pub scrub: Arc<crate::scrub::ScrubTracker>,
+    /// Inputs of the DR plan; `None` when `[drp]` cannot be resolved.
+    pub drp: Option<crate::drp::DrpSettings>,
 }
 
 impl ApiState {
@@ -633,6 +642,7 @@ mod tests {
             restore_root: dir.path().join("restores"),
             scrub_rate: 0,
             scrub: Default::default(),
+            drp: None,
         });
         let _ = router(st.clone(), true);
         let _ = router(st, false);

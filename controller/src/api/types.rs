@@ -250,3 +250,40 @@ pub struct DamageResponse {
     /// Snapshots that reach a damaged or lost blob.
     pub snapshots: Vec<SnapshotRow>,
 }
+
+/// `POST /api/v1/drp/generate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrpGenerateRequest {
+    /// `id` (default) or `en`.
+    #[serde(default)]
+    pub lang: Option<String>,
+    /// `pdf` (default), `html` or `md`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// `plan` (default), `integrity` (report) or `drill` (report).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The drill of a drill report.
+    #[serde(default)]
+    pub drill: Option<String>,
+}
+
+/// `POST /api/v1/drp/versions/{version}/approve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrpApproveRequest {
+    /// Name of the official who approved the plan.
+    pub name: String,
+    /// Their position.
+    pub position: String,
+}
+
+/// `GET /api/v1/drp/versions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrpVersionsResponse {
+    /// Newest first.
+    pub versions: Vec<crate::catalog::DrpVersionRow>,
+    /// The approved version in force.
+    pub in_force: Option<crate::catalog::DrpVersionRow>,
+}

@@ -138,6 +138,55 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// The disaster recovery plan document (Pasal 18).
+    Drp {
+        #[command(subcommand)]
+        cmd: DrpCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DrpCmd {
+    /// Generate a new version of the plan (coordinator) and download it.
+    Generate {
+        /// id (Bahasa Indonesia, default) or en.
+        #[arg(long, default_value = "id")]
+        lang: String,
+        /// pdf (default), html or md.
+        #[arg(long, default_value = "pdf")]
+        format: String,
+        /// plan (default), integrity (report) or drill (report, with --drill).
+        #[arg(long, default_value = "plan")]
+        kind: String,
+        /// The drill a drill report is about.
+        #[arg(long)]
+        drill: Option<String>,
+        /// Where to write the file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Generated versions and the approved version in force.
+    List,
+    /// Download a generated version.
+    Download {
+        version: i64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check whether a file is an unaltered generated version (exit 2 when not).
+    Verify { file: PathBuf },
+    /// Record the approval of a version (admin).
+    Approve {
+        version: i64,
+        /// Name of the official who approved it.
+        #[arg(long)]
+        name: String,
+        /// Their position.
+        #[arg(long)]
+        position: String,
+    },
+    /// What changed between two versions, section by section.
+    Diff { v1: i64, v2: i64 },
 }
 
 #[derive(Subcommand)]
@@ -294,6 +343,155 @@ impl Client {
         };
         Err(ApiFailure { message }.into())
     }
+}
+
+impl Client {
+    /// A raw body (a plan file or its content), or the API's error.
+    fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut resp = self
+            .agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .with_context(|| format!("cannot reach the controller at {}", self.base))?;
+        let status = resp.status().as_u16();
+        let bytes =
+            resp.body_mut().with_config().limit(512 << 20).read_to_vec().context("reading the controller's answer")?;
+        if (200..300).contains(&status) {
+            return Ok(bytes);
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| b.error.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(300).collect());
+        Err(ApiFailure { message: format!("{message} (HTTP {status})") }.into())
+    }
+}
+
+fn drp_row(v: &pulih_controller::catalog::DrpVersionRow) -> String {
+    let approved = match (&v.approved_by, v.approved_at) {
+        (Some(by), Some(at)) => format!("approved {} by {by}", pulih_controller::drp::format::utc_day(at)),
+        _ => "not approved".into(),
+    };
+    format!(
+        "{:>4}  {:<9} {:<34} {:<3} {:<5} {:<20} {}  {approved}",
+        v.version,
+        v.kind,
+        v.number,
+        v.lang,
+        v.format,
+        short(&rfc3339_ns(v.generated_at * 1_000_000_000)),
+        &v.content_blake3[..16.min(v.content_blake3.len())]
+    )
+}
+
+fn drp_cmd(c: &Client, cmd: DrpCmd, json: bool) -> Result<ExitCode> {
+    use pulih_controller::catalog::DrpVersionRow;
+    use pulih_controller::drp;
+    match cmd {
+        DrpCmd::Generate { lang, format, kind, drill, out } => {
+            let body = serde_json::json!({"lang": lang, "format": format, "kind": kind, "drill": drill});
+            let row: DrpVersionRow = c.call("POST", "/drp/generate", Some(body))?;
+            let bytes = c.get_bytes(&format!("/drp/versions/{}/file", row.version))?;
+            if blake3::hash(&bytes).to_hex().as_str() != row.file_blake3 {
+                bail!("the downloaded file does not match the recorded hash of version {}", row.version);
+            }
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            if json {
+                print_json(&row)?;
+            } else {
+                out!("Version {} generated: {} ({} {})", row.version, row.number, row.lang, row.format);
+                out!("Written to:      {}", out.display());
+                out!("Content blake3:  {}", row.content_blake3);
+                out!("File blake3:     {}", row.file_blake3);
+            }
+        }
+        DrpCmd::List => {
+            let r: DrpVersionsResponse = c.call("GET", "/drp/versions", None)?;
+            if json {
+                return print_json(&r).map(|_| ExitCode::SUCCESS);
+            }
+            out!(
+                "{:>4}  {:<9} {:<34} {:<3} {:<5} {:<20} {:<16}  APPROVAL",
+                "VER",
+                "KIND",
+                "NUMBER",
+                "LNG",
+                "FMT",
+                "GENERATED",
+                "CONTENT"
+            );
+            for v in &r.versions {
+                out!("{}", drp_row(v));
+            }
+            match r.in_force {
+                Some(v) => out!(
+                    "In force: version {} ({}), next review by {}",
+                    v.version,
+                    v.number,
+                    v.next_review.map_or("-".into(), pulih_controller::drp::format::utc_day)
+                ),
+                None => out!("In force: no approved version"),
+            }
+        }
+        DrpCmd::Download { version, out } => {
+            let row: DrpVersionRow = c.call("GET", &format!("/drp/versions/{version}"), None)?;
+            let bytes = c.get_bytes(&format!("/drp/versions/{version}/file"))?;
+            if blake3::hash(&bytes).to_hex().as_str() != row.file_blake3 {
+                bail!("the stored file of version {version} does not match its recorded hash");
+            }
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            out!("Version {version} written to {}", out.display());
+        }
+        DrpCmd::Verify { file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let r: DrpVersionsResponse = c.call("GET", "/drp/versions", None)?;
+            let report = drp::verify(&bytes, &r.versions, |v| {
+                let b = c.get_bytes(&format!("/drp/versions/{}/content", v.version)).ok()?;
+                serde_json::from_slice(&b).ok()
+            });
+            if json {
+                print_json(&report)?;
+            } else {
+                out!("{}: {}", file.display(), report.message);
+            }
+            if !report.ok {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        DrpCmd::Approve { version, name, position } => {
+            let row: DrpVersionRow = c.call(
+                "POST",
+                &format!("/drp/versions/{version}/approve"),
+                Some(serde_json::json!({"name": name, "position": position})),
+            )?;
+            if json {
+                print_json(&row)?;
+            } else {
+                out!(
+                    "Version {} ({}) approved by {}, {}; next review by {}",
+                    row.version,
+                    row.number,
+                    row.approved_by.unwrap_or_default(),
+                    row.approved_position.unwrap_or_default(),
+                    row.next_review.map_or("-".into(), pulih_controller::drp::format::utc_day)
+                );
+            }
+        }
+        DrpCmd::Diff { v1, v2 } => {
+            let load = |v: i64| -> Result<drp::doc::Document> {
+                let b = c.get_bytes(&format!("/drp/versions/{v}/content"))?;
+                serde_json::from_slice(&b).with_context(|| format!("the content of version {v} is not a plan document"))
+            };
+            let d = drp::diff(&load(v1)?, &load(v2)?);
+            if json {
+                print_json(&d)?;
+            } else {
+                out!("{}", drp::diff_text(v1, v2, &d).trim_end());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn query(pairs: &[(&str, Option<String>)]) -> String {
@@ -626,6 +824,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             out!("{}", AuditRow::table(&rows, std::io::stdout().is_terminal()));
         }
+        Cmd::Drp { cmd } => return drp_cmd(&c, cmd, json),
         Cmd::Audit { cmd: AuditCmd::Verify } => {
             let v: AuditVerify = c.call("GET", "/audit/verify", None)?;
             if json {

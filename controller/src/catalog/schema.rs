@@ -13,7 +13,7 @@ use super::CatalogError;
 /// Schema version written by this build.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE, AUDIT];
+const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE, AUDIT, DRP];
 
 /// Version 1: agents, certificates, enrollment tokens, blobs, datasets, snapshots.
 const V1: &str = r#"
@@ -160,6 +160,33 @@ CREATE TABLE audit_log (
     prev_hash TEXT NOT NULL,
     hash      TEXT NOT NULL
 );
+"#;
+
+/// DR plan versions (issue 6): every generated plan document (and drill and
+/// integrity report), the files and hashes that let `drp verify` recognise
+/// it, and the approval of plans.
+const DRP: &str = r#"
+CREATE TABLE drp_versions (
+    version           INTEGER PRIMARY KEY,
+    kind              TEXT NOT NULL CHECK (kind IN ('plan', 'integrity', 'drill')),
+    subject           TEXT,
+    number            TEXT NOT NULL,
+    lang              TEXT NOT NULL CHECK (lang IN ('id', 'en')),
+    format            TEXT NOT NULL CHECK (format IN ('md', 'html', 'pdf')),
+    generated_at      INTEGER NOT NULL,
+    generated_by      TEXT NOT NULL,
+    data_as_of        INTEGER NOT NULL,
+    generator_version TEXT NOT NULL,
+    content_blake3    TEXT NOT NULL,
+    file_blake3       TEXT NOT NULL,
+    file_path         TEXT NOT NULL,
+    content_path      TEXT NOT NULL,
+    approved_by       TEXT,
+    approved_position TEXT,
+    approved_at       INTEGER,
+    next_review       INTEGER
+);
+CREATE INDEX drp_versions_by_file ON drp_versions (file_blake3);
 "#;
 
 /// Brings a catalog at version `from` up to [`SCHEMA_VERSION`].

@@ -25,6 +25,7 @@ pub mod retention;
 pub mod scrub;
 pub mod server;
 pub mod session;
+pub mod standby;
 pub mod store;
 pub mod systems;
 pub mod units;

@@ -104,14 +104,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Restore a snapshot, or a path within it, into a new or empty directory.
+    /// Restore a snapshot, or a path within it, into a new or empty directory
+    /// (or, with --only-changed, over an older copy).
     Restore {
         #[command(flatten)]
         dir: DataDirArg,
         /// Snapshot id, unique prefix, or `latest`.
         snapshot: String,
-        /// Destination directory (must not exist or be empty).
+        /// Destination directory (must not exist or be empty, unless --only-changed).
         dest: PathBuf,
+        /// Delta restore: the destination may hold an older copy; write only
+        /// the files whose content differs, fix the metadata of the others.
+        #[arg(long)]
+        only_changed: bool,
+        /// With --only-changed: remove what the snapshot does not have, so
+        /// the destination ends equal to the snapshot.
+        #[arg(long, requires = "only_changed")]
+        delete: bool,
         /// Restore only this path of the snapshot (as on the source host).
         #[arg(long)]
         path: Option<PathBuf>,
@@ -414,7 +423,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 out!("{}", pulih_controller::catalog::SnapshotRow::table(&rows));
             }
         }
-        Cmd::Restore { dir, snapshot, dest, path, agent, dataset, json } => {
+        Cmd::Restore { dir, snapshot, dest, only_changed, delete, path, agent, dataset, json } => {
             let dd = DataDir::new(&dir.data_dir);
             let cat = dd.catalog()?;
             let snap = cat.resolve_snapshot(&snapshot, agent.as_deref(), dataset.as_deref())?;
@@ -432,10 +441,11 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 })
                 .unwrap_or_default();
             let started = std::time::Instant::now();
-            let result = restore::restore(&store, &root, &sub, &dest);
+            let opts = restore::Options { only_changed, delete };
+            let result = restore::restore(&store, &root, &sub, &dest, opts);
             let secs = started.elapsed().as_secs_f64();
-            let detail =
-                serde_json::json!({"target": dest, "path": path, "seconds": secs, "stats": result.as_ref().ok()});
+            let detail = serde_json::json!({"target": dest, "path": path, "seconds": secs, "only_changed": only_changed,
+                "delete": delete, "stats": result.as_ref().ok()});
             let mut cat = cat;
             // The restore has happened (or failed) already: a full DRC disk
             // that cannot take the audit row must not turn it into an error.
@@ -446,6 +456,20 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 result.with_context(|| format!("restoring snapshot {} into {}", &snap.id[..12], dest.display()))?;
             if json {
                 out!("{}", serde_json::json!({"snapshot": snap.id, "dest": dest, "stats": stats, "seconds": secs}));
+            } else if only_changed {
+                out!(
+                    "Delta restore of snapshot {} into {}: {} file(s) written ({}), {} unchanged, {} deleted, {} dirs, {} symlinks, {} hard links in {:.2} s",
+                    &snap.id[..12],
+                    dest.display(),
+                    stats.files,
+                    pulih_controller::units::human_bytes(stats.bytes),
+                    stats.unchanged,
+                    stats.deleted,
+                    stats.dirs,
+                    stats.symlinks,
+                    stats.hardlinks,
+                    secs
+                );
             } else {
                 out!(
                     "Restored snapshot {} into {}: {} files, {} dirs, {} symlinks, {} hard links, {} in {:.2} s",

@@ -195,6 +195,9 @@ pub async fn restore(
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> Api<RestoreResponse> {
     let spec = snapshot_spec(&req.snapshot)?;
+    if req.delete && !req.only_changed {
+        return Err(ApiError::bad_request("delete needs only_changed (it removes what a delta restore does not have)"));
+    }
     let target = restore_target(&req.target)?;
     let sub = subpath(req.path.as_deref().unwrap_or(""))?;
     let snap = st.db(move |c| Ok(c.resolve_snapshot(&spec, None, None)?)).await?;
@@ -202,12 +205,13 @@ pub async fn restore(
     let backend = st.backend.clone();
     let dest = target.clone();
     let started = std::time::Instant::now();
-    let result = tokio::task::spawn_blocking(move || crate::restore::restore(&backend.store, &root, &sub, &dest))
+    let opts = crate::restore::Options { only_changed: req.only_changed, delete: req.delete };
+    let result = tokio::task::spawn_blocking(move || crate::restore::restore(&backend.store, &root, &sub, &dest, opts))
         .await
         .map_err(|e| ApiError::internal(format!("restore task failed: {e}")))?;
     let seconds = started.elapsed().as_secs_f64();
     let detail = json!({"target": req.target, "path": req.path, "seconds": seconds,
-        "stats": result.as_ref().ok()});
+        "only_changed": req.only_changed, "delete": req.delete, "stats": result.as_ref().ok()});
     let entry = NewAudit::new(&caller.actor(), "restore", &snap.id, detail);
     let outcome = result.as_ref().map(|_| ()).map_err(ToString::to_string);
     st.db(move |c| Ok(c.audit(&entry, &outcome)?)).await?;

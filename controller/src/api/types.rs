@@ -100,11 +100,18 @@ pub struct VerifyRequest {
 pub struct RestoreRequest {
     /// Snapshot id or unique prefix (at least 4 hex digits).
     pub snapshot: String,
-    /// Absolute directory on the DRC host; must not exist or be empty.
+    /// Absolute directory on the DRC host; must not exist or be empty,
+    /// unless `only_changed`.
     pub target: String,
     /// Restore only this path of the snapshot (as on the source host).
     #[serde(default)]
     pub path: Option<String>,
+    /// Delta restore: write only the files whose content differs from the snapshot.
+    #[serde(default)]
+    pub only_changed: bool,
+    /// With `only_changed`: remove what the snapshot does not have.
+    #[serde(default)]
+    pub delete: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

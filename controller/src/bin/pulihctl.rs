@@ -90,6 +90,12 @@ enum Cmd {
         /// Only this path of the snapshot (as on the source host).
         #[arg(long)]
         path: Option<String>,
+        /// Delta restore over an older copy: write only files whose content differs.
+        #[arg(long)]
+        only_changed: bool,
+        /// With --only-changed: remove what the snapshot does not have.
+        #[arg(long, requires = "only_changed")]
+        delete: bool,
     },
     /// API tokens (admin).
     Tokens {
@@ -431,20 +437,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         }
-        Cmd::Restore { snapshot, target, path } => {
-            let body = serde_json::to_value(RestoreRequest { snapshot, target, path })?;
+        Cmd::Restore { snapshot, target, path, only_changed, delete } => {
+            let body = serde_json::to_value(RestoreRequest { snapshot, target, path, only_changed, delete })?;
             let r: RestoreResponse = c.call("POST", "/restore", Some(body))?;
             if json {
                 print_json(&r)?;
             } else {
                 out!(
-                    "Restored snapshot {} into {} on the controller: {} files, {} dirs, {} symlinks, {} in {:.2} s",
+                    "Restored snapshot {} into {} on the controller: {} files written ({}), {} unchanged, {} deleted, {} dirs, {} symlinks in {:.2} s",
                     &r.snapshot[..12.min(r.snapshot.len())],
                     r.target,
                     r.stats.files,
+                    pulih_controller::units::human_bytes(r.stats.bytes),
+                    r.stats.unchanged,
+                    r.stats.deleted,
                     r.stats.dirs,
                     r.stats.symlinks,
-                    pulih_controller::units::human_bytes(r.stats.bytes),
                     r.seconds
                 );
             }

@@ -166,6 +166,8 @@ fn run_job(
     notify: &impl Fn(StandbyEvent),
 ) -> Result<(String, serde_json::Value)> {
     let standby = settings.standby.as_ref().ok_or_else(|| anyhow!("[standby] is not enabled"))?;
+    std::fs::create_dir_all(&standby.root)
+        .with_context(|| format!("creating [standby] root {}", standby.root.display()))?;
     match spec {
         JobSpec::Restore { root, destination, only_changed, delete, .. } => {
             let dest = match destination {
@@ -233,7 +235,17 @@ fn run_job(
                 .ok_or_else(|| anyhow!("this agent has no dataset {dataset:?}"))?;
             let cancel = Arc::new(AtomicBool::new(false));
             let opts = snapshot::Options { progress_bar: false, dirty: None, cancel, throttle: None };
-            let o = snapshot::run(settings, ds, tls, &opts)?;
+            // The daemon's own (scheduled or continuous) snapshot of the
+            // dataset may hold its lock: wait for it rather than fail.
+            let until = Instant::now() + Duration::from_secs(600);
+            let o = loop {
+                match snapshot::run(settings, ds, tls.clone(), &opts) {
+                    Err(e) if e.to_string().contains("is already running") && Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    r => break r?,
+                }
+            };
             Ok((
                 format!("snapshot {} of {dataset}", &o.id[..12.min(o.id.len())]),
                 serde_json::json!({ "snapshot": o.id, "started_ns": o.started_ns, "files": o.files }),

@@ -36,7 +36,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use pulih_core::tree::Node;
+use pulih_core::TreeId;
+
 use crate::catalog::{now_secs, Catalog, CatalogError, FailoverRow, JobRequest, JobRow, NewAudit, SnapshotRow};
+use crate::reader;
+use crate::store::Store;
 use crate::systems::{RestorePlace, Step, StepRun, System, Systems};
 
 /// Most output of a step kept in the record.
@@ -123,10 +128,47 @@ pub fn run_job(
     }
 }
 
-/// Restores `snapshot` onto standby `agent` below its `[standby] root` at
-/// `below_root` (delta: only changed files written, extras removed).
+/// The tree of a snapshot's (single) dataset path: trees hold the source
+/// host's absolute paths, a standby restore wants the data itself.
+pub fn data_root(cat: &Mutex<Catalog>, store: &Store, snapshot: &SnapshotRow) -> Result<TreeId, FailoverError> {
+    let rec = lock(cat).snapshot_record(&snapshot.id)?;
+    let path = match rec.paths.as_slice() {
+        [p] => p.clone(),
+        ps => {
+            return Err(FailoverError::Invalid(format!(
+                "snapshot {} of {}/{} has {} paths; a standby restore needs a dataset with one path",
+                &snapshot.id[..12],
+                snapshot.agent,
+                snapshot.dataset,
+                ps.len()
+            )))
+        }
+    };
+    let mut cur = rec.root;
+    for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+        let tree = reader::load_tree(store, &cur)
+            .map_err(|e| FailoverError::Invalid(format!("snapshot {}: {e}", &snapshot.id[..12])))?;
+        match tree.get(comp).map(|e| &e.node) {
+            Some(Node::Dir { tree }) => cur = *tree,
+            _ => {
+                return Err(FailoverError::Invalid(format!(
+                    "snapshot {}: its path {} is not a directory in the snapshot",
+                    &snapshot.id[..12],
+                    String::from_utf8_lossy(&path)
+                )))
+            }
+        }
+    }
+    Ok(cur)
+}
+
+/// Restores the data of `snapshot` (its dataset's path) onto standby
+/// `agent` below its `[standby] root` at `below_root` (delta: only changed
+/// files written, extras removed).
+#[allow(clippy::too_many_arguments)]
 pub fn restore_on_standby(
     cat: &Mutex<Catalog>,
+    store: &Store,
     agent: &str,
     snapshot: &SnapshotRow,
     below_root: &str,
@@ -134,9 +176,10 @@ pub fn restore_on_standby(
     actor: &str,
     waits: Waits,
 ) -> Result<JobRow, FailoverError> {
+    let root = data_root(cat, store, snapshot)?;
     let job = JobRequest::Restore {
         snapshot: snapshot.id.clone(),
-        root: snapshot.root_tree.clone(),
+        root: root.to_hex(),
         below_root: Some(below_root.into()),
         dataset: None,
         only_changed: true,
@@ -174,6 +217,7 @@ pub struct StepRecord {
 /// A run being recorded.
 struct Run<'a> {
     cat: &'a Mutex<Catalog>,
+    store: &'a Store,
     id: i64,
     actor: String,
     waits: Waits,
@@ -318,6 +362,7 @@ fn finish(
 
 fn begin<'a>(
     cat: &'a Mutex<Catalog>,
+    store: &'a Store,
     system: &str,
     kind: &str,
     target: &str,
@@ -327,7 +372,7 @@ fn begin<'a>(
     let entry = NewAudit::new(actor, &format!("{kind}-start"), system, serde_json::json!({ "target": target }));
     let id = lock(cat).audited(&entry, |c| c.begin_failover(system, kind, target, actor))?;
     info!(failover = id, %system, %target, kind, "started");
-    Ok(Run { cat, id, actor: actor.into(), waits, steps: Vec::new(), snapshots: Vec::new() })
+    Ok(Run { cat, store, id, actor: actor.into(), waits, steps: Vec::new(), snapshots: Vec::new() })
 }
 
 /// Fails `system` over to a standby agent (`to`, or the system's
@@ -335,6 +380,7 @@ fn begin<'a>(
 /// `outcome`); `Err` only when it could not start or be recorded.
 pub fn failover(
     cat: &Mutex<Catalog>,
+    store: &Store,
     systems: &Systems,
     system: &str,
     to: Option<&str>,
@@ -352,7 +398,7 @@ pub fn failover(
         }
     };
     pulih_core::AgentName::new(&target).map_err(|e| FailoverError::Invalid(format!("--to {target:?}: {e}")))?;
-    let mut run = begin(cat, system, "failover", &target, actor, waits)?;
+    let mut run = begin(cat, store, system, "failover", &target, actor, waits)?;
     let started = now_secs();
     let base = standby_path(sys);
     let result = (|| {
@@ -370,7 +416,16 @@ pub fn failover(
         for (d, s) in sys.datasets.iter().zip(&snaps) {
             let dest = join_rel(&base, &d.subdir);
             run.step(&format!("restore {}/{} onto {target}:{dest}", d.agent, d.dataset), |run| {
-                let row = restore_on_standby(run.cat, &target, s, &dest, Some(run.id), &run.actor.clone(), run.waits)?;
+                let row = restore_on_standby(
+                    run.cat,
+                    run.store,
+                    &target,
+                    s,
+                    &dest,
+                    Some(run.id),
+                    &run.actor.clone(),
+                    run.waits,
+                )?;
                 Ok(((), row.message.unwrap_or_default()))
             })?;
         }
@@ -408,6 +463,7 @@ pub fn failover(
 /// enabled).
 pub fn failback(
     cat: &Mutex<Catalog>,
+    store: &Store,
     systems: &Systems,
     system: &str,
     to: &str,
@@ -419,7 +475,7 @@ pub fn failback(
         FailoverError::Invalid(format!("system {system} is not running at a standby; nothing to fail back"))
     })?;
     pulih_core::AgentName::new(to).map_err(|e| FailoverError::Invalid(format!("--to {to:?}: {e}")))?;
-    let mut run = begin(cat, system, "failback", to, actor, waits)?;
+    let mut run = begin(cat, store, system, "failback", to, actor, waits)?;
     let started = now_secs();
     let result = (|| {
         // Sync, teardown at the DRC, final short sync: the service is down
@@ -440,9 +496,10 @@ pub fn failback(
                 oldest = oldest.min(snap.started_ns / 1_000_000_000);
                 run.snapshots.push(serde_json::json!({"phase": phase, "agent": snap.agent, "dataset": snap.dataset, "snapshot": snap.id}));
                 run.step(&format!("{phase}: delta restore {ds} onto {to}"), |run| {
+                    let root = data_root(run.cat, run.store, &snap)?;
                     let job = JobRequest::Restore {
                         snapshot: snap.id.clone(),
-                        root: snap.root_tree.clone(),
+                        root: root.to_hex(),
                         below_root: None,
                         dataset: Some(ds.clone()),
                         only_changed: true,

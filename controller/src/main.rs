@@ -754,7 +754,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let dd = DataDir::new(&dir.data_dir);
             let (systems, waits) = wait.resolve(&dd)?;
             let cat = std::sync::Mutex::new(dd.catalog()?);
-            let row = failover::failover(&cat, &systems, &system, to.as_deref(), &actor_local(), waits)?;
+            let row = failover::failover(&cat, &dd.store()?, &systems, &system, to.as_deref(), &actor_local(), waits)?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&row)?);
             } else {
@@ -768,7 +768,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let dd = DataDir::new(&dir.data_dir);
             let (systems, waits) = wait.resolve(&dd)?;
             let cat = std::sync::Mutex::new(dd.catalog()?);
-            let row = failover::failback(&cat, &systems, &system, &to, &actor_local(), waits)?;
+            let row = failover::failback(&cat, &dd.store()?, &systems, &system, &to, &actor_local(), waits)?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&row)?);
             } else {

@@ -409,6 +409,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 enroll_ttl_hours: cfg.enroll.token_ttl_hours,
                 metrics: Arc::new(Metrics::new()),
                 limiter: FailureLimiter::new(cfg.api.auth_failures_per_minute),
+                // Where `failover` and `failback` find the systems (the
+                // local commands' default too).
+                systems_dir: dd.root.join("systems"),
             });
             let router = api::router(api_state, cfg.api.metrics);
             let limits = Limits {

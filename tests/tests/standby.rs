@@ -206,4 +206,12 @@ fn failover_to_a_standby_and_failback_round_trip_the_outage_data() {
     let rows = json(&ok(&mut ctl.cmd(&["failovers", "--json"])));
     assert_eq!(rows[0]["kind"], "failback");
     assert_eq!(rows[0]["target_agent"], "prim");
+
+    // The same record over the API: pulihctl as an auditor (read-only).
+    let auditor = ctl.api_token("inspektorat", "auditor");
+    let listed = json(&ok(&mut ctl.pulihctl(&auditor, &["--json", "failovers"])));
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    assert_eq!(listed[0]["outcome"], "succeeded");
+    let o = run(&mut ctl.pulihctl(&auditor, &["failback", "web", "--to", "prim"]));
+    assert!(!o.status.success(), "an auditor may not fail back");
 }

@@ -39,6 +39,7 @@ use crate::catalog::{Catalog, CatalogError, Role, TokenAuth};
 use crate::metrics::Metrics;
 use crate::session::Backend;
 
+pub mod failover;
 mod handlers;
 pub mod types;
 
@@ -127,6 +128,11 @@ pub fn routes(metrics: bool) -> Vec<Route> {
         route(Method::DELETE, "/api/v1/tokens/{name}", Admin, h::revoke_token),
         route(Method::GET, "/api/v1/audit", Read, h::audit),
         route(Method::GET, "/api/v1/audit/verify", Read, h::audit_verify),
+        route(Method::POST, "/api/v1/failover", Operate, failover::failover),
+        route(Method::POST, "/api/v1/failback", Operate, failover::failback),
+        route(Method::GET, "/api/v1/failovers", Read, failover::failovers),
+        route(Method::GET, "/api/v1/failovers/{id}", Read, failover::failover_one),
+        route(Method::GET, "/api/v1/standby-jobs", Read, failover::jobs),
     ];
     if metrics {
         v.push(route(Method::GET, "/metrics", Public, h::metrics));
@@ -143,6 +149,8 @@ pub struct ApiState {
     pub enroll_ttl_hours: u64,
     pub metrics: Arc<Metrics>,
     pub limiter: FailureLimiter,
+    /// Directory of the system definitions (failover, failback).
+    pub systems_dir: std::path::PathBuf,
 }
 
 impl ApiState {
@@ -612,6 +620,7 @@ mod tests {
             enroll_ttl_hours: 1,
             metrics: Arc::new(Metrics::new()),
             limiter: FailureLimiter::new(10),
+            systems_dir: dir.path().join("systems"),
         });
         let _ = router(st.clone(), true);
         let _ = router(st, false);

@@ -312,6 +312,44 @@ impl BlobSource for JobSource<'_> {
 mod tests {
     use super::*;
 
+    /// `[standby]` is validated, and datasets protected after a failover
+    /// (state dir) are merged at load without touching agent.toml.
+    #[test]
+    fn standby_config_and_protected_datasets_merge_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let cfg = dir.path().join("agent.toml");
+        let base = format!(
+            "[agent]\nname = \"sb\"\nstate_dir = {:?}\n[controller]\naddress = \"127.0.0.1:1\"\n",
+            state.to_str().unwrap()
+        );
+        std::fs::write(
+            &cfg,
+            format!("{base}[standby]\nenabled = true\nroot = \"/srv/x\"\n[standby.actions]\nstart = [\"true\"]\n"),
+        )
+        .unwrap();
+        let s = Settings::load(&cfg).unwrap();
+        let sb = s.standby.as_ref().unwrap();
+        assert_eq!((sb.root.as_path(), sb.poll_interval), (Path::new("/srv/x"), Duration::from_secs(5)));
+        assert!(sb.actions.contains_key("start") && s.datasets.is_empty());
+        let file = StandbyDatasets {
+            dataset: vec![StandbyDataset { name: "www".into(), path: "/srv/x/web".into(), mode: "continuous".into() }],
+        };
+        file.save(&state).unwrap();
+        let s = Settings::load(&cfg).unwrap();
+        assert_eq!(s.datasets.len(), 1);
+        assert!(s.datasets[0].continuous);
+        assert_eq!(s.standby.unwrap().protected, vec!["www".to_string()]);
+        // Actions without the role, and a relative root, are refused.
+        std::fs::write(&cfg, format!("{base}[standby]\nroot = \"rel\"\n[standby.actions]\nx = \"true\"\n")).unwrap();
+        let e = format!("{:#}", Settings::load(&cfg).unwrap_err());
+        assert!(e.contains("enabled is not true"), "{e}");
+        std::fs::write(&cfg, format!("{base}[standby]\nenabled = true\nroot = \"rel\"\n")).unwrap();
+        let e = format!("{:#}", Settings::load(&cfg).unwrap_err());
+        assert!(e.contains("standby.root"), "{e}");
+    }
+
     #[test]
     fn destinations_stay_below_the_root() {
         for bad in ["", "/etc", "../x", "a/../../b", "./a"] {

@@ -13,6 +13,7 @@
 //! * protect/unprotect edit only `standby-datasets.toml` in the state
 //!   directory (merged into the datasets at load), never agent.toml.
 
+use std::collections::VecDeque;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -186,7 +187,7 @@ fn run_job(
             };
             let opts = restore::Options { only_changed: *only_changed, delete: *delete };
             let t0 = Instant::now();
-            let stats = restore::restore(&mut JobSource { conn }, root, &[], &dest, opts)
+            let stats = restore::restore(&mut JobSource::new(conn), root, &[], &dest, opts)
                 .with_context(|| format!("restoring into {}", dest.display()))?;
             let secs = t0.elapsed().as_secs_f64();
             Ok((
@@ -281,14 +282,63 @@ fn run_job(
     }
 }
 
+/// Chunks asked per `FetchChunks` (the controller's limit).
+const FETCH_BATCH: usize = 64;
+/// Batches in flight: enough to hide the round trip, bounded memory.
+const FETCH_WINDOW: usize = 2;
+
 /// The job connection as a blob source. The controller serves only blobs
-/// of this job's snapshot; the writer rehashes whatever arrives.
+/// of this job's snapshot; the writer rehashes whatever arrives. Chunks the
+/// writer announces are requested ahead, in order, a bounded window at a
+/// time, so a long link's round trip is not paid per chunk.
 struct JobSource<'a> {
     conn: &'a mut Conn,
+    /// Announced and not yet requested.
+    wanted: VecDeque<ChunkId>,
+    /// Requested, answers pending, in order.
+    inflight: VecDeque<ChunkId>,
+    batches: VecDeque<usize>,
+}
+
+impl<'a> JobSource<'a> {
+    fn new(conn: &'a mut Conn) -> Self {
+        Self { conn, wanted: VecDeque::new(), inflight: VecDeque::new(), batches: VecDeque::new() }
+    }
+
+    fn top_up(&mut self) -> Result<(), SourceError> {
+        while self.batches.len() < FETCH_WINDOW && !self.wanted.is_empty() {
+            let n = self.wanted.len().min(FETCH_BATCH);
+            let ids: Vec<ChunkId> = self.wanted.drain(..n).collect();
+            self.inflight.extend(ids.iter().copied());
+            self.batches.push_back(n);
+            self.conn.send(&Message::FetchChunks { ids })?;
+        }
+        Ok(())
+    }
+
+    /// Reads the next pending answer.
+    fn next_answer(&mut self) -> Result<(ChunkId, Vec<u8>), SourceError> {
+        let want = self.inflight.pop_front().ok_or("no chunk requested")?;
+        if let Some(b) = self.batches.front_mut() {
+            *b -= 1;
+            if *b == 0 {
+                self.batches.pop_front();
+            }
+        }
+        match self.conn.recv()? {
+            Message::ChunkData { id, data, .. } if id == want => Ok((id, data)),
+            other => Err(format!("expected chunk {want}, got {}", other.name()).into()),
+        }
+    }
 }
 
 impl BlobSource for JobSource<'_> {
     fn tree(&mut self, id: &TreeId) -> Result<Vec<u8>, SourceError> {
+        // Answers come in order: collect what is still pending first.
+        while !self.inflight.is_empty() {
+            self.next_answer()?;
+        }
+        self.wanted.clear();
         self.conn.send(&Message::FetchTree { id: *id })?;
         match self.conn.recv()? {
             Message::TreeData { id: got, raw_len, data } if got == *id => {
@@ -297,14 +347,26 @@ impl BlobSource for JobSource<'_> {
             other => Err(format!("expected tree {id}, got {}", other.name()).into()),
         }
     }
+
     fn chunk(&mut self, id: &ChunkId, len: u32) -> Result<Vec<u8>, SourceError> {
-        self.conn.send(&Message::FetchChunks { ids: vec![*id] })?;
-        match self.conn.recv()? {
-            Message::ChunkData { id: got, data, .. } if got == *id => {
-                Ok(codec::decompress_exact(&data, len.into(), pulih_core::formats::MAX_CHUNK_LEN)?)
+        if self.inflight.front() != Some(id) {
+            // Not what was announced next: drop the prediction.
+            while !self.inflight.is_empty() {
+                self.next_answer()?;
             }
-            other => Err(format!("expected chunk {id}, got {}", other.name()).into()),
+            if self.wanted.front() != Some(id) {
+                self.wanted.clear();
+                self.wanted.push_back(*id);
+            }
         }
+        self.top_up()?;
+        let (_, data) = self.next_answer()?;
+        self.top_up()?;
+        Ok(codec::decompress_exact(&data, len.into(), pulih_core::formats::MAX_CHUNK_LEN)?)
+    }
+
+    fn prefetch(&mut self, chunks: &[(ChunkId, u32)]) {
+        self.wanted.extend(chunks.iter().map(|(id, _)| *id));
     }
 }
 

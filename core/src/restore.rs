@@ -52,6 +52,9 @@ pub trait BlobSource {
     fn tree(&mut self, id: &TreeId) -> Result<Vec<u8>, SourceError>;
     /// The plaintext of chunk `id`, declared `len` bytes long.
     fn chunk(&mut self, id: &ChunkId, len: u32) -> Result<Vec<u8>, SourceError>;
+    /// A hint: these chunks are asked for next, in this order (a remote
+    /// source pipelines its requests). The default ignores it.
+    fn prefetch(&mut self, _chunks: &[(ChunkId, u32)]) {}
 }
 
 /// Restore failures.
@@ -427,6 +430,14 @@ impl<'a, S: BlobSource + ?Sized> Ctx<'a, S> {
                 .map_err(|x| io_at(&path)(x.into()))?;
                 let mut file = File::from(fd);
                 let shown = show(&path);
+                let wanted: Vec<(ChunkId, u32)> = segments
+                    .iter()
+                    .filter_map(|s| match s {
+                        Segment::Data { id, len } => Some((*id, *len)),
+                        Segment::Hole { .. } => None,
+                    })
+                    .collect();
+                self.src.prefetch(&wanted);
                 let written = (|| {
                     for seg in segments {
                         match seg {

@@ -148,8 +148,14 @@ impl JobSession {
             return Err(SessionError::new(ErrorCode::Protocol, format!("job-done for job {id}, running {}", cur.id)));
         }
         let detail: Option<serde_json::Value> = serde_json::from_str(detail).ok();
-        let cat = self.backend.catalog.lock().unwrap_or_else(|e| e.into_inner());
-        cat.finish_job(&self.agent, cur.id, ok, message, detail.as_ref())?;
+        let entry = NewAudit::new(
+            &format!("agent:{}", self.agent),
+            "standby-job-done",
+            &cur.id.to_string(),
+            serde_json::json!({ "ok": ok, "message": message, "detail": detail }),
+        );
+        let mut cat = self.backend.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        cat.audited(&entry, |c| c.finish_job(&self.agent, cur.id, ok, message, detail.as_ref()))?;
         info!(agent = %self.agent, job = cur.id, ok, %message, "standby job finished");
         Ok(Message::JobAck)
     }

@@ -33,6 +33,124 @@ pub struct RawConfig {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub dataset: Vec<DatasetSection>,
+    #[serde(default)]
+    pub standby: StandbySection,
+}
+
+/// `[standby]`: this agent also receives restores and runs declared actions
+/// for failover, failback and drills (jobs it asks the controller for).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StandbySection {
+    /// Whether `pulih-agent run` asks the controller for standby jobs.
+    pub enabled: bool,
+    /// Directory restores go below (destinations are relative to it).
+    pub root: PathBuf,
+    /// How often to ask for work (duration).
+    pub poll_interval: String,
+    /// Longest run of one action (duration).
+    pub action_timeout: String,
+    /// NAME = command line or [program, args...]: the only commands a job may run.
+    pub actions: std::collections::BTreeMap<String, toml::Value>,
+}
+
+impl Default for StandbySection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            root: PathBuf::from("/srv/pulih"),
+            poll_interval: "5s".into(),
+            action_timeout: "10m".into(),
+            actions: Default::default(),
+        }
+    }
+}
+
+/// Datasets a standby agent protects since a failover (written by the
+/// agent itself in its state directory, merged into the configuration).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandbyDatasets {
+    #[serde(default)]
+    pub dataset: Vec<StandbyDataset>,
+}
+
+/// One protected-after-failover dataset.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StandbyDataset {
+    pub name: String,
+    pub path: PathBuf,
+    /// `continuous` or a schedule such as `every 15m`.
+    pub mode: String,
+}
+
+/// Name of the file of [`StandbyDatasets`] in the state directory.
+pub const STANDBY_DATASETS_FILE: &str = "standby-datasets.toml";
+
+impl StandbyDatasets {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(STANDBY_DATASETS_FILE)
+    }
+
+    /// Reads the file; a missing file is an empty list.
+    pub fn load(state_dir: &Path) -> Result<Self> {
+        let p = Self::path(state_dir);
+        match std::fs::read_to_string(&p) {
+            Ok(t) => toml::from_str(&t).with_context(|| format!("invalid {}", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    /// Writes the file atomically (temporary file, fsync, rename).
+    pub fn save(&self, state_dir: &Path) -> Result<()> {
+        use std::io::Write;
+        let p = Self::path(state_dir);
+        let tmp = p.with_extension("toml.tmp");
+        let text = format!(
+            "# Ditulis oleh pulih-agent (failover) / written by pulih-agent after a failover; do not edit.\n{}",
+            toml::to_string(self)?
+        );
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("replacing {}", p.display()))?;
+        Ok(())
+    }
+
+    fn sections(&self) -> Vec<DatasetSection> {
+        self.dataset
+            .iter()
+            .map(|d| {
+                let continuous = d.mode == "continuous";
+                DatasetSection {
+                    name: d.name.clone(),
+                    paths: vec![d.path.clone()],
+                    exclude: Vec::new(),
+                    schedule: (!continuous).then(|| d.mode.clone()),
+                    continuous,
+                    debounce: None,
+                    rescan_interval: None,
+                    rpo_target: None,
+                    pre_hook: None,
+                    post_hook: None,
+                    hook_timeout: None,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The resolved `[standby]` section.
+#[derive(Debug, Clone)]
+pub struct Standby {
+    pub root: PathBuf,
+    pub poll_interval: Duration,
+    pub action_timeout: Duration,
+    pub actions: std::collections::BTreeMap<String, Hook>,
+    /// Names of the datasets that came from [`StandbyDatasets`].
+    pub protected: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -337,6 +455,8 @@ pub struct Settings {
     /// Address of the metrics endpoint; None when disabled.
     pub metrics: Option<SocketAddr>,
     pub datasets: Vec<Dataset>,
+    /// `None` unless `[standby] enabled = true`.
+    pub standby: Option<Standby>,
 }
 
 impl Settings {
@@ -344,12 +464,26 @@ impl Settings {
     pub fn load(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading configuration {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("invalid configuration {}", path.display()))
+        let raw: RawConfig =
+            toml::from_str(&text).with_context(|| format!("invalid configuration {}", path.display()))?;
+        // Datasets protected since a failover live in the state directory,
+        // written by the agent, so agent.toml stays the sysadmin's own.
+        let extra = if raw.standby.enabled && raw.agent.state_dir.is_absolute() {
+            StandbyDatasets::load(&raw.agent.state_dir)?
+        } else {
+            StandbyDatasets::default()
+        };
+        Self::resolve(raw, &extra).with_context(|| format!("invalid configuration {}", path.display()))
     }
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self> {
-        let raw: RawConfig = toml::from_str(text)?;
+        Self::resolve(toml::from_str(text)?, &StandbyDatasets::default())
+    }
+
+    fn resolve(mut raw: RawConfig, extra: &StandbyDatasets) -> Result<Self> {
+        let protected: Vec<String> = extra.dataset.iter().map(|d| d.name.clone()).collect();
+        raw.dataset.extend(extra.sections());
         let mut problems = Vec::new();
         let agent = AgentName::new(&raw.agent.name).map_err(|e| problems.push(format!("agent.name: {e}"))).ok();
         if !raw.agent.state_dir.is_absolute() {
@@ -485,6 +619,42 @@ impl Settings {
                 });
             }
         }
+        let standby = if raw.standby.enabled {
+            let st = &raw.standby;
+            if !st.root.is_absolute() {
+                problems.push(format!("standby.root {:?} must be an absolute path", st.root));
+            }
+            let poll_interval = parse_duration(&st.poll_interval).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+                problems
+                    .push(format!("standby.poll_interval {:?}: expected a duration such as \"5s\"", st.poll_interval))
+            });
+            let action_timeout = parse_duration(&st.action_timeout).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+                problems.push(format!(
+                    "standby.action_timeout {:?}: expected a duration such as \"10m\"",
+                    st.action_timeout
+                ))
+            });
+            let mut actions = std::collections::BTreeMap::new();
+            for (name, v) in &st.actions {
+                match parse_hook(v) {
+                    Ok(h) => {
+                        actions.insert(name.clone(), h);
+                    }
+                    Err(e) => problems.push(format!("standby.actions.{name}: {e}")),
+                }
+            }
+            match (poll_interval, action_timeout) {
+                (Ok(poll_interval), Ok(action_timeout)) => {
+                    Some(Standby { root: st.root.clone(), poll_interval, action_timeout, actions, protected })
+                }
+                _ => None,
+            }
+        } else {
+            if !raw.standby.actions.is_empty() {
+                problems.push("standby.actions are declared but [standby] enabled is not true".into());
+            }
+            None
+        };
         if !problems.is_empty() {
             bail!("{}", problems.join("\n  "));
         }
@@ -504,6 +674,7 @@ impl Settings {
             daemon: DaemonSettings { retry_min, retry_max, shutdown_timeout, renew_before, utc_offset },
             metrics,
             datasets,
+            standby,
         })
     }
 

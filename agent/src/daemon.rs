@@ -44,7 +44,8 @@ use crate::conn::{Conn, ConnError};
 use crate::hooks::{self, Hook};
 use crate::metrics::AgentMetrics;
 use crate::snapshot::{self, Cancelled, Options, Outcome};
-use crate::status::{DatasetStatus, StatusFile};
+use crate::standby::StandbyEvent;
+use crate::status::{DatasetStatus, StandbyStatus, StatusFile};
 use crate::throttle::Throttle;
 use crate::watch::{self, DatasetWatcher, WatchEvent};
 use crate::{enroll, systemd};
@@ -66,6 +67,7 @@ enum Msg {
     Finished(Box<Finished>),
     Renewed(Result<i64, String>),
     Reported(Result<(), String>),
+    Standby(StandbyEvent),
 }
 
 impl From<WatchEvent> for Msg {
@@ -204,6 +206,8 @@ struct Daemon {
     renewing: bool,
     report_at: Option<Instant>,
     report_failures: u32,
+    standby: Option<StandbyStatus>,
+    standby_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -240,8 +244,11 @@ pub fn run(config_path: &Path) -> Result<()> {
         renewing: false,
         report_at: Some(Instant::now()),
         report_failures: 0,
+        standby: None,
+        standby_thread: None,
     };
     d.install_datasets(old.map(|s| s.datasets).unwrap_or_default());
+    d.start_standby();
     systemd::ready();
     info!(agent = %d.settings.agent, datasets = d.datasets.len(), "pulih-agent running");
     let r = d.main_loop();
@@ -343,6 +350,7 @@ impl Daemon {
                 Ok(Msg::Finished(f)) => self.on_finished(*f),
                 Ok(Msg::Renewed(r)) => self.on_renewed(r),
                 Ok(Msg::Reported(r)) => self.on_reported(r),
+                Ok(Msg::Standby(ev)) => self.on_standby(ev),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => unreachable!("the loop holds a sender"),
             }
@@ -569,6 +577,52 @@ impl Daemon {
         }
     }
 
+    /// Starts the standby thread when `[standby] enabled = true` (once; it
+    /// reads the configuration again for every job).
+    fn start_standby(&mut self) {
+        let Some(sb) = &self.settings.standby else {
+            self.standby = None;
+            return;
+        };
+        self.standby = Some(StandbyStatus {
+            root: sb.root.display().to_string(),
+            protected: sb.protected.clone(),
+            ..self.standby.take().unwrap_or_default()
+        });
+        if self.standby_thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let (path, cancel, tx) = (self.config_path.clone(), self.cancel.clone(), self.tx.clone());
+        match std::thread::Builder::new().name("standby".into()).spawn(move || {
+            crate::standby::run_loop(path, cancel, |ev| {
+                let _ = tx.send(Msg::Standby(ev));
+            })
+        }) {
+            Ok(t) => {
+                info!(root = %sb.root.display(), "standby role enabled: asking the controller for jobs");
+                self.standby_thread = Some(t);
+            }
+            Err(e) => error!(error = %e, "cannot start the standby thread"),
+        }
+    }
+
+    fn on_standby(&mut self, ev: StandbyEvent) {
+        match ev {
+            StandbyEvent::Reload => self.reload(),
+            StandbyEvent::Current(c) => {
+                if let Some(s) = &mut self.standby {
+                    s.current_job = c;
+                }
+            }
+            StandbyEvent::Finished(l) => {
+                if let Some(s) = &mut self.standby {
+                    s.last_job = Some(l);
+                }
+            }
+        }
+        self.publish();
+    }
+
     fn reload(&mut self) {
         systemd::reloading();
         match Settings::load(&self.config_path).and_then(|s| enroll::client_config(&s).map(|c| (s, c))) {
@@ -580,6 +634,7 @@ impl Daemon {
                 self.settings = Arc::new(settings);
                 self.tls = Arc::new(tls);
                 self.install_datasets(Vec::new());
+                self.start_standby();
                 self.report_at = Some(Instant::now());
                 info!(config = %self.config_path.display(), "configuration reloaded");
             }
@@ -614,6 +669,18 @@ impl Daemon {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        if let Some(t) = self.standby_thread.take() {
+            // The loop checks the stop flag every 100 ms; a job in progress
+            // (a long restore) is not waited for: the controller marks it
+            // failed when the connection ends.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
         self.publish();
         info!("pulih-agent stopped");
         Ok(())
@@ -641,6 +708,7 @@ impl Daemon {
             started_at: self.started_at,
             updated_at: now.unix_timestamp(),
             datasets: self.datasets.values().map(|s| s.status.clone()).collect(),
+            standby: self.standby.clone(),
         };
         if let Err(e) = file.write_atomic(&status_path(&self.settings)) {
             warn!(error = %e, "cannot write the status file");

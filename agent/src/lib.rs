@@ -12,7 +12,8 @@
 //! shows), [`systemd`] (notifications) and `pulih_core::units` (durations and sizes
 //! in the configuration); [`daemon`] runs them, [`watch`] feeds continuous
 //! mode, [`repair`] resends chunks the DRC found damaged, [`check`]
-//! diagnoses a configuration.
+//! diagnoses a configuration, [`standby`] runs the jobs of the standby role
+//! (restores, actions, protection after a failover).
 
 pub mod cache;
 pub mod check;
@@ -27,6 +28,7 @@ pub mod repair;
 pub mod scan;
 pub mod schedule;
 pub mod snapshot;
+pub mod standby;
 pub mod status;
 pub mod systemd;
 pub mod throttle;

@@ -32,6 +32,22 @@ pub struct StatusFile {
     /// Unix seconds of this write.
     pub updated_at: i64,
     pub datasets: Vec<DatasetStatus>,
+    /// The standby role, when `[standby] enabled = true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<StandbyStatus>,
+}
+
+/// The standby role as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StandbyStatus {
+    pub root: String,
+    /// The job running now ("job 7: restore ... to <root>/www").
+    pub current_job: Option<String>,
+    /// The last job and its outcome.
+    pub last_job: Option<String>,
+    /// Datasets protected since a failover (standby-datasets.toml).
+    #[serde(default)]
+    pub protected: Vec<String>,
 }
 
 /// One dataset's state. Times are Unix seconds.
@@ -235,6 +251,33 @@ pub fn render(status: &StatusFile, now: i64, lang: Lang, daemon_alive: bool) -> 
             )
         );
     }
+    if let Some(sb) = &status.standby {
+        let _ = writeln!(
+            out,
+            "{}: {} {}",
+            t("Peran siaga (standby)", "Standby role"),
+            t("aktif, akar", "enabled, root"),
+            sb.root
+        );
+        let idle = t("tidak ada (menunggu pekerjaan)", "none (waiting for work)");
+        let _ = writeln!(
+            out,
+            "  {:<24}: {}",
+            t("Pekerjaan saat ini", "Current job"),
+            sb.current_job.as_deref().unwrap_or(idle)
+        );
+        if let Some(l) = &sb.last_job {
+            let _ = writeln!(out, "  {:<24}: {l}", t("Pekerjaan terakhir", "Last job"));
+        }
+        if !sb.protected.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<24}: {}",
+                t("Dilindungi sejak failover", "Protected since failover"),
+                sb.protected.join(", ")
+            );
+        }
+    }
     if status.datasets.is_empty() {
         let _ = writeln!(out, "{}", t("Tidak ada dataset yang dikonfigurasi.", "No dataset is configured."));
     }
@@ -316,6 +359,7 @@ mod tests {
 
     fn sample() -> StatusFile {
         StatusFile {
+            standby: None,
             pid: 4242,
             started_at: NOW - 86400,
             updated_at: NOW - 5,

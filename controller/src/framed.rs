@@ -132,6 +132,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         Poll::Ready(Ok(()))
     }
 
+    /// Writes everything queued (a long answer, sent in parts).
+    pub async fn write_out(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_write_out(cx)).await
+    }
+
     /// Writes everything queued, then shuts the stream down.
     pub async fn finish(&mut self) -> io::Result<()> {
         poll_fn(|cx| self.poll_write_out(cx)).await?;

@@ -16,7 +16,7 @@ use pulih_controller::metrics::Metrics;
 use pulih_controller::pki::Ca;
 use pulih_controller::server::{self, Limits, Server};
 use pulih_controller::verify::Verifier;
-use pulih_controller::{lifecycle, pki, rebuild, restore, scrub};
+use pulih_controller::{failover, gc, lifecycle, pki, rebuild, restore, scrub};
 use pulih_core::out;
 use pulih_core::{AgentName, TreeId};
 use tokio_util::sync::CancellationToken;
@@ -106,14 +106,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Restore a snapshot, or a path within it, into a new or empty directory.
+    /// Restore a snapshot, or a path within it, into a new or empty directory
+    /// (or, with --only-changed, over an older copy).
     Restore {
         #[command(flatten)]
         dir: DataDirArg,
         /// Snapshot id, unique prefix, or `latest`.
         snapshot: String,
-        /// Destination directory (must not exist or be empty).
+        /// Destination directory (must not exist or be empty, unless --only-changed).
         dest: PathBuf,
+        /// Delta restore: the destination may hold an older copy; write only
+        /// the files whose content differs, fix the metadata of the others.
+        #[arg(long)]
+        only_changed: bool,
+        /// With --only-changed: remove what the snapshot does not have, so
+        /// the destination ends equal to the snapshot.
+        #[arg(long, requires = "only_changed")]
+        delete: bool,
         /// Restore only this path of the snapshot (as on the source host).
         #[arg(long)]
         path: Option<PathBuf>,
@@ -202,6 +211,58 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fail a system over to an agent in standby role: restore its newest
+    /// usable snapshots there, run its activation steps, record RTO/RPO
+    /// achieved, and have the standby protect the data from its new place.
+    /// Needs `serve` running (it hands the jobs to the agents).
+    Failover {
+        /// System name (systems/*.toml).
+        system: String,
+        /// Standby agent (default: the system's [restore] standby).
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a failed-over system back to its rebuilt primary (whose agent
+    /// runs with [standby] enabled): delta sync, teardown at the DRC, final
+    /// sync, activation at the primary.
+    Failback {
+        system: String,
+        /// The rebuilt primary's agent.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List failovers and failbacks (or show one with --id).
+    Failovers {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        id: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List standby jobs, newest first.
+    Jobs {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// The audit log on this host: list rows, or verify the hash chain.
     Audit {
         #[command(subcommand)]
@@ -222,6 +283,50 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct WaitArgs {
+    /// Directory of the system definitions (default: DATA_DIR/systems).
+    #[arg(long)]
+    systems_dir: Option<PathBuf>,
+    /// An agent that does not ask for a job within this time fails the run.
+    #[arg(long, default_value = "2m")]
+    pickup_timeout: String,
+}
+
+impl WaitArgs {
+    fn resolve(&self, dd: &DataDir) -> Result<(pulih_controller::systems::Systems, failover::Waits)> {
+        let dir = self.systems_dir.clone().unwrap_or_else(|| dd.root.join("systems"));
+        let systems = pulih_controller::systems::Systems::load(&dir)?;
+        let pickup = pulih_controller::units::parse_duration(&self.pickup_timeout).map_err(anyhow::Error::msg)?;
+        Ok((systems, failover::Waits { pickup: Duration::from_secs(pickup.max(1) as u64), ..Default::default() }))
+    }
+}
+
+fn print_failover(r: &pulih_controller::catalog::FailoverRow) {
+    let t = |s: Option<i64>| s.map_or("-".to_string(), |s| pulih_controller::catalog::rfc3339_ns(s * 1_000_000_000));
+    out!("{} #{} of {} to {}: {}", r.kind, r.id, r.system, r.target_agent, r.outcome.to_uppercase());
+    out!("  started {}  ended {}  by {}", t(Some(r.started_at)), t(r.ended_at), r.actor);
+    out!(
+        "  RTO achieved: {}  RPO achieved: {}",
+        r.rto_achieved_secs.map_or("-".into(), |s| format!("{s} s")),
+        r.rpo_achieved_secs.map_or("-".into(), |s| format!("{s} s"))
+    );
+    if let Some(steps) = r.steps.as_array() {
+        for s in steps {
+            out!(
+                "  [{}] {} ({} s): {}",
+                s["outcome"].as_str().unwrap_or("?"),
+                s["name"].as_str().unwrap_or("?"),
+                s["ended_at"].as_i64().unwrap_or(0) - s["started_at"].as_i64().unwrap_or(0),
+                s["output"].as_str().unwrap_or("").lines().last().unwrap_or("")
+            );
+        }
+    }
+    if let Some(e) = &r.error {
+        out!("  error: {e}");
+    }
 }
 
 #[derive(Subcommand)]
@@ -352,6 +457,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                         None
                     }
                 },
+                // Where `failover` and `failback` find the systems (the
+                // local commands' default too).
+                systems_dir: dd.root.join("systems"),
             });
             let router = api::router(api_state, cfg.api.metrics);
             let limits = Limits {
@@ -494,7 +602,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 out!("{}", pulih_controller::catalog::SnapshotRow::table(&rows));
             }
         }
-        Cmd::Restore { dir, snapshot, dest, path, agent, dataset, json } => {
+        Cmd::Restore { dir, snapshot, dest, only_changed, delete, path, agent, dataset, json } => {
             let dd = DataDir::new(&dir.data_dir);
             let cat = dd.catalog()?;
             let snap = cat.resolve_snapshot(&snapshot, agent.as_deref(), dataset.as_deref())?;
@@ -512,10 +620,11 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 })
                 .unwrap_or_default();
             let started = std::time::Instant::now();
-            let result = restore::restore(&store, &root, &sub, &dest);
+            let opts = restore::Options { only_changed, delete };
+            let result = restore::restore(&store, &root, &sub, &dest, opts);
             let secs = started.elapsed().as_secs_f64();
-            let detail =
-                serde_json::json!({"target": dest, "path": path, "seconds": secs, "stats": result.as_ref().ok()});
+            let detail = serde_json::json!({"target": dest, "path": path, "seconds": secs, "only_changed": only_changed,
+                "delete": delete, "stats": result.as_ref().ok()});
             let mut cat = cat;
             // The restore has happened (or failed) already: a full DRC disk
             // that cannot take the audit row must not turn it into an error.
@@ -526,6 +635,20 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 result.with_context(|| format!("restoring snapshot {} into {}", &snap.id[..12], dest.display()))?;
             if json {
                 out!("{}", serde_json::json!({"snapshot": snap.id, "dest": dest, "stats": stats, "seconds": secs}));
+            } else if only_changed {
+                out!(
+                    "Delta restore of snapshot {} into {}: {} file(s) written ({}), {} unchanged, {} deleted, {} dirs, {} symlinks, {} hard links in {:.2} s",
+                    &snap.id[..12],
+                    dest.display(),
+                    stats.files,
+                    pulih_controller::units::human_bytes(stats.bytes),
+                    stats.unchanged,
+                    stats.deleted,
+                    stats.dirs,
+                    stats.symlinks,
+                    stats.hardlinks,
+                    secs
+                );
             } else {
                 out!(
                     "Restored snapshot {} into {}: {} files, {} dirs, {} symlinks, {} hard links, {} in {:.2} s",
@@ -678,6 +801,67 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
         }
         Cmd::Drp { cmd } => return cli_drp::run(cmd),
+        Cmd::Failover { system, to, dir, wait, json } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let (systems, waits) = wait.resolve(&dd)?;
+            let cat = std::sync::Mutex::new(dd.catalog()?);
+            let row = failover::failover(&cat, &dd.store()?, &systems, &system, to.as_deref(), &actor_local(), waits)?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&row)?);
+            } else {
+                print_failover(&row);
+            }
+            if row.outcome != "succeeded" {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Cmd::Failback { system, to, dir, wait, json } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let (systems, waits) = wait.resolve(&dd)?;
+            let cat = std::sync::Mutex::new(dd.catalog()?);
+            let row = failover::failback(&cat, &dd.store()?, &systems, &system, &to, &actor_local(), waits)?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&row)?);
+            } else {
+                print_failover(&row);
+            }
+            if row.outcome != "succeeded" {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Cmd::Failovers { dir, id, json } => {
+            let cat = DataDir::new(&dir.data_dir).catalog()?;
+            let rows = match id {
+                Some(i) => vec![cat.failover(i)?.with_context(|| format!("no failover #{i}"))?],
+                None => cat.failovers(None)?,
+            };
+            if json {
+                out!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for r in &rows {
+                    print_failover(r);
+                }
+                out!("{} record(s)", rows.len());
+            }
+        }
+        Cmd::Jobs { dir, agent, limit, json } => {
+            let rows = DataDir::new(&dir.data_dir).catalog()?.jobs(agent.as_deref(), limit)?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                out!("{:<6} {:<16} {:<13} {:<8} MESSAGE", "ID", "AGENT", "KIND", "STATE");
+                for r in &rows {
+                    out!(
+                        "{:<6} {:<16} {:<13} {:<8} {}",
+                        r.id,
+                        r.agent,
+                        r.kind,
+                        r.state,
+                        r.message.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
         Cmd::RebuildCatalog { dir, force, json } => {
             let dd = DataDir::new(&dir.data_dir);
             let report = rebuild::rebuild(&dd, force);

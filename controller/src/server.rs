@@ -31,6 +31,7 @@ use crate::catalog::{Catalog, NewAudit, TokenCheck};
 use crate::framed::Framed;
 use crate::pki::{Ca, AGENT_DAYS};
 use crate::session::{Backend, SessionError, UploadSession};
+use crate::standby::JobSession;
 
 /// Most answer bytes queued for an agent that does not read them.
 const MAX_PENDING_OUT: usize = 16 * 1024 * 1024;
@@ -237,7 +238,8 @@ impl Server {
     ) -> Result<()> {
         let mut conn = Framed::new(stream);
         let session = Arc::new(Mutex::new(UploadSession::new(self.backend.clone(), agent_id, agent.clone())));
-        let result = self.session_loop(&mut conn, session, shutdown, &agent).await;
+        let jobs = Arc::new(Mutex::new(JobSession::new(self.backend.clone(), agent.clone())));
+        let result = self.session_loop(&mut conn, session, jobs, shutdown, &agent).await;
         if let Err(e) = &result {
             let (code, message) = match e.downcast_ref::<SessionError>() {
                 Some(se) => (se.code, se.message.clone()),
@@ -258,6 +260,7 @@ impl Server {
         &self,
         conn: &mut Framed<S>,
         session: Arc<Mutex<UploadSession>>,
+        jobs: Arc<Mutex<JobSession>>,
         shutdown: CancellationToken,
         agent: &str,
     ) -> Result<()> {
@@ -313,6 +316,21 @@ impl Server {
                     Some(Message::ReportOk { repair })
                 }
                 Message::Renew { csr_der } => Some(self.renew(&session, agent, csr_der).await?),
+                Message::JobPoll => Some(job_work(&jobs, |j| j.poll()).await?),
+                Message::FetchTree { id } => Some(job_work(&jobs, move |j| j.fetch_tree(id)).await?),
+                Message::FetchChunks { ids } => {
+                    for m in job_work(&jobs, move |j| j.fetch_chunks(&ids)).await? {
+                        conn.queue(&m);
+                        // Large answers go out in parts, so the buffer stays bounded.
+                        if conn.pending_out() > MAX_PENDING_OUT / 4 {
+                            conn.write_out().await.context("sending chunks to a standby agent")?;
+                        }
+                    }
+                    None
+                }
+                Message::JobDone { id, ok, message, detail } => {
+                    Some(job_work(&jobs, move |j| j.done(id, ok, &message, &detail)).await?)
+                }
                 other => {
                     return Err(SessionError::new(
                         ErrorCode::Protocol,
@@ -397,6 +415,17 @@ impl Server {
         }
         res
     }
+}
+
+/// Runs standby-job work on the blocking pool (catalog and store reads).
+async fn job_work<T: Send + 'static>(
+    jobs: &Arc<Mutex<JobSession>>,
+    f: impl FnOnce(&mut JobSession) -> Result<T, SessionError> + Send + 'static,
+) -> Result<T, SessionError> {
+    let j = jobs.clone();
+    tokio::task::spawn_blocking(move || f(&mut j.lock().unwrap_or_else(|e| e.into_inner())))
+        .await
+        .map_err(|e| SessionError::new(ErrorCode::Storage, format!("internal error: {e}")))?
 }
 
 /// How long open connections may finish after shutdown.

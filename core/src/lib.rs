@@ -4,8 +4,9 @@
 //! identifiers ([`id`]), the content-defined chunker ([`chunker`]), the
 //! chunk codec ([`codec`]), the persisted formats ([`tree`], [`snapshot`],
 //! with their magic numbers and versions in [`formats`]), validated names
-//! ([`names`]), the wire protocol ([`protocol`]) and the TLS setup both
-//! sides use ([`tls`]).
+//! ([`names`]), the wire protocol ([`protocol`]), the TLS setup both
+//! sides use ([`tls`]) and the safe restore writer ([`restore`]) the
+//! controller and standby agents share.
 //!
 //! CPU work (chunking, hashing, compressing) is plain synchronous code; the
 //! binaries decide which threads run it.
@@ -19,6 +20,7 @@ pub mod id;
 pub mod names;
 pub mod protocol;
 pub mod report;
+pub mod restore;
 pub mod snapshot;
 pub mod tls;
 pub mod tree;

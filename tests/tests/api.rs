@@ -58,6 +58,8 @@ fn body_for(kind: &str, snap: &str, counter: &mut u32) -> Option<Vec<u8>> {
         "scrub" => json!({}),
         "drp-generate" => json!({"lang": "id", "format": "md"}),
         "drp-approve" => json!({"name": "Kepala Dinas (contoh)", "position": "Kepala Dinas"}),
+        // No such system: allowed roles get 404 (nothing runs), others 403.
+        "failover" => json!({"system": "no-such-system", "to": "nobody"}),
         other => panic!("{other}"),
     };
     Some(v.to_string().into_bytes())
@@ -82,7 +84,7 @@ fn role_matrix_each_role_each_endpoint() {
         ctl.dir.join("organisation.toml"),
     )
     .unwrap();
-    let table: [(&str, &str, &str, &str, &str); 24] = [
+    let table: [(&str, &str, &str, &str, &str); 29] = [
         ("GET", "/api/v1/agents", "/api/v1/agents", "read", ""),
         ("POST", "/api/v1/agents/ghost/revoke", "/api/v1/agents/{name}/revoke", "admin", ""),
         ("POST", "/api/v1/enroll-tokens", "/api/v1/enroll-tokens", "admin", "enroll"),
@@ -107,6 +109,11 @@ fn role_matrix_each_role_each_endpoint() {
         ("GET", "/api/v1/drp/versions/1/file", "/api/v1/drp/versions/{version}/file", "read", ""),
         ("GET", "/api/v1/drp/versions/1/content", "/api/v1/drp/versions/{version}/content", "read", ""),
         ("POST", "/api/v1/drp/versions/1/approve", "/api/v1/drp/versions/{version}/approve", "admin", "drp-approve"),
+        ("POST", "/api/v1/failover", "/api/v1/failover", "operate", "failover"),
+        ("POST", "/api/v1/failback", "/api/v1/failback", "operate", "failover"),
+        ("GET", "/api/v1/failovers", "/api/v1/failovers", "read", ""),
+        ("GET", "/api/v1/failovers/1", "/api/v1/failovers/{id}", "read", ""),
+        ("GET", "/api/v1/standby-jobs", "/api/v1/standby-jobs", "read", ""),
     ];
     let mut counter = 0;
     let mut covered =

@@ -1372,3 +1372,84 @@ fn f38_identifier_injection_is_refused_and_secrets_are_private() {
     ctl.serve();
     assert_still_serving(&ctl, &agents[0], &listed);
 }
+
+/// Standby role: an agent reads from the DRC only blobs of the snapshot of
+/// the job it was handed; without a job nothing, another agency's chunk
+/// never, and a refusal is logged and audited.
+#[test]
+fn f16_standby_agent_cannot_fetch_a_blob_outside_its_job() {
+    let base = tempfile::tempdir().unwrap();
+    let (ctl, agents, data) = setup(base.path(), &["prim", "standby", "other"]);
+    let snaps = ctl.snapshots();
+    let prim = snaps.iter().find(|s| s["agent"] == "prim").unwrap();
+    let root: TreeId = prim["root_tree"].as_str().unwrap().parse().unwrap();
+    let prim_chunk = ChunkId::of(&data[0][0].1);
+    let others_chunk = ChunkId::of(&data[2][0].1);
+
+    // No job: not even the root of a snapshot is readable.
+    let mut c = RawClient::connect(ctl.addr, agent_cfg(&agents[1])).unwrap();
+    c.hello();
+    c.send(&Message::FetchTree { id: root }).unwrap();
+    expect_error(&mut c, ErrorCode::Forbidden, "tree without a job");
+
+    let spec = serde_json::json!({"kind": "restore", "snapshot": prim["id"], "root": prim["root_tree"],
+        "below_root": "sys", "only_changed": true, "delete": true});
+    catalog(&ctl)
+        .execute(
+            "INSERT INTO standby_jobs (agent, kind, spec, state, created_at, expires_at, created_by)
+             VALUES ('standby', 'restore', ?1, 'queued', 0, 9999999999, 'test')",
+            [spec.to_string()],
+        )
+        .unwrap();
+    // Another agent gets no work and cannot read the job's snapshot.
+    let mut o = RawClient::connect(ctl.addr, agent_cfg(&agents[2])).unwrap();
+    o.hello();
+    o.send(&Message::JobPoll).unwrap();
+    assert!(matches!(o.recv(), Reply::Msg(Message::JobNone)));
+    o.send(&Message::FetchTree { id: root }).unwrap();
+    expect_error(&mut o, ErrorCode::Forbidden, "another agent's job");
+
+    let mut c = RawClient::connect(ctl.addr, agent_cfg(&agents[1])).unwrap();
+    c.hello();
+    c.send(&Message::JobPoll).unwrap();
+    assert!(matches!(c.recv(), Reply::Msg(Message::JobOffer { .. })));
+    // Walk down to the data directory, as the standby's restore does: each
+    // tree served makes its children readable.
+    let mut cur = root;
+    let dir = data[0][0].0.parent().unwrap().to_owned();
+    let mut comps: Vec<Vec<u8>> = dir
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.as_encoded_bytes().to_vec()),
+            _ => None,
+        })
+        .collect();
+    comps.push(Vec::new());
+    for comp in comps {
+        c.send(&Message::FetchTree { id: cur }).unwrap();
+        let Reply::Msg(Message::TreeData { id, raw_len, data }) = c.recv() else { panic!("no tree data") };
+        assert_eq!(id, cur);
+        let plain = pulih_core::codec::decompress_exact(&data, raw_len.into(), 1 << 26).unwrap();
+        if comp.is_empty() {
+            break;
+        }
+        match &Tree::decode(&plain).unwrap().get(&comp).unwrap().node {
+            Node::Dir { tree } => cur = *tree,
+            other => panic!("{other:?}"),
+        }
+    }
+    c.send(&Message::FetchChunks { ids: vec![prim_chunk] }).unwrap();
+    assert!(matches!(c.recv(), Reply::Msg(Message::ChunkData { id, .. }) if id == prim_chunk));
+    // A chunk of another agency's snapshot, while a job is running.
+    c.send(&Message::FetchChunks { ids: vec![others_chunk] }).unwrap();
+    let msg = expect_error(&mut c, ErrorCode::Forbidden, "a chunk outside the job");
+    assert!(msg.contains("refused and logged"), "{msg}");
+    wait_log(&ctl, "standby fetch refused", 3);
+    let audited: i64 = catalog(&ctl)
+        .query_row("SELECT count(*) FROM audit_log WHERE action = 'standby-fetch-refused'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(audited, 3);
+    // The interrupted job is marked failed, not left running.
+    let state: String = catalog(&ctl).query_row("SELECT state FROM standby_jobs", [], |r| r.get(0)).unwrap();
+    assert_eq!(state, "failed");
+}

@@ -183,23 +183,28 @@ pub async fn restore(
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> Api<RestoreResponse> {
     let spec = snapshot_spec(&req.snapshot)?;
+    if req.delete && !req.only_changed {
+        return Err(ApiError::bad_request("delete needs only_changed (it removes what a delta restore does not have)"));
+    }
     let sub = subpath(req.path.as_deref().unwrap_or(""))?;
     let snap = st.db(move |c| Ok(c.resolve_snapshot(&spec, None, None)?)).await?;
     let root: TreeId = snap.root_tree.parse().map_err(|e| ApiError::internal(format!("snapshot {}: {e}", snap.id)))?;
     let backend = st.backend.clone();
     let (restore_root, rel) = (st.restore_root.clone(), req.target.clone());
     let started = std::time::Instant::now();
+    let opts = crate::restore::Options { only_changed: req.only_changed, delete: req.delete };
     // Confined below the restore root: the target is opened component by
     // component without following links, and restored into by descriptor.
     let result = tokio::task::spawn_blocking(move || {
         let (fd, path) = open_confined(&restore_root, &rel)?;
         let shown = path.display().to_string();
-        Ok::<_, Refused>((crate::restore::restore_into(&backend.store, &root, &sub, fd, &shown)?, path))
+        Ok::<_, Refused>((crate::restore::restore_into(&backend.store, &root, &sub, fd, &shown, opts)?, path))
     })
     .await
     .map_err(|e| ApiError::internal(format!("restore task failed: {e}")))?;
     let seconds = started.elapsed().as_secs_f64();
     let detail = json!({"target": req.target, "path": req.path, "seconds": seconds,
+        "only_changed": req.only_changed, "delete": req.delete,
         "restored_to": result.as_ref().ok().map(|r| &r.1), "stats": result.as_ref().ok().map(|r| &r.0)});
     let entry = NewAudit::new(&caller.actor(), "restore", &snap.id, detail);
     let outcome = result.as_ref().map(|_| ()).map_err(ToString::to_string);

@@ -41,6 +41,7 @@ use crate::metrics::Metrics;
 use crate::session::Backend;
 
 mod drp;
+pub mod failover;
 mod handlers;
 mod lifecycle;
 pub mod types;
@@ -142,6 +143,11 @@ pub fn routes(metrics: bool) -> Vec<Route> {
         route(Method::GET, "/api/v1/drp/versions/{version}/file", Read, drp::file),
         route(Method::GET, "/api/v1/drp/versions/{version}/content", Read, drp::content),
         route(Method::POST, "/api/v1/drp/versions/{version}/approve", Admin, drp::approve),
+        route(Method::POST, "/api/v1/failover", Operate, failover::failover),
+        route(Method::POST, "/api/v1/failback", Operate, failover::failback),
+        route(Method::GET, "/api/v1/failovers", Read, failover::failovers),
+        route(Method::GET, "/api/v1/failovers/{id}", Read, failover::failover_one),
+        route(Method::GET, "/api/v1/standby-jobs", Read, failover::jobs),
     ];
     if metrics {
         v.push(route(Method::GET, "/metrics", Public, h::metrics));
@@ -169,6 +175,8 @@ pub struct ApiState {
     pub scrub: Arc<crate::scrub::ScrubTracker>,
     /// Inputs of the DR plan; `None` when `[drp]` cannot be resolved.
     pub drp: Option<crate::drp::DrpSettings>,
+    /// Directory of the system definitions (failover, failback).
+    pub systems_dir: std::path::PathBuf,
 }
 
 impl ApiState {
@@ -643,6 +651,7 @@ mod tests {
             scrub_rate: 0,
             scrub: Default::default(),
             drp: None,
+            systems_dir: dir.path().join("systems"),
         });
         let _ = router(st.clone(), true);
         let _ = router(st, false);

@@ -102,11 +102,18 @@ pub struct RestoreRequest {
     pub snapshot: String,
     /// Directory relative to the controller's restore root (`[restore]
     /// root`, default `<data dir>/restores`): no absolute path, no `..`, no
-    /// symbolic link on the way; it must not exist or be empty.
+    /// symbolic link on the way; it must not exist or be empty, unless
+    /// `only_changed`.
     pub target: String,
     /// Restore only this path of the snapshot (as on the source host).
     #[serde(default)]
     pub path: Option<String>,
+    /// Delta restore: write only the files whose content differs from the snapshot.
+    #[serde(default)]
+    pub only_changed: bool,
+    /// With `only_changed`: remove what the snapshot does not have.
+    #[serde(default)]
+    pub delete: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use pulih_controller::api::types::*;
-use pulih_controller::catalog::rfc3339_ns;
+use pulih_controller::catalog::{rfc3339_ns, FailoverRow};
 use pulih_core::out;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -92,6 +92,12 @@ enum Cmd {
         /// Only this path of the snapshot (as on the source host).
         #[arg(long)]
         path: Option<String>,
+        /// Delta restore over an older copy: write only files whose content differs.
+        #[arg(long)]
+        only_changed: bool,
+        /// With --only-changed: remove what the snapshot does not have.
+        #[arg(long, requires = "only_changed")]
+        delete: bool,
     },
     /// Apply the controller's [[retention]] policies: every snapshot kept or
     /// removed and why, then forget the removed ones (coordinator).
@@ -138,6 +144,28 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Fail a system over to an agent in standby role (coordinator); waits
+    /// for the whole run and prints its record.
+    Failover {
+        system: String,
+        /// Standby agent (default: the system's [restore] standby).
+        #[arg(long)]
+        to: Option<String>,
+        /// Seconds an agent may take to ask for its job.
+        #[arg(long)]
+        pickup_timeout: Option<u64>,
+    },
+    /// Bring a failed-over system back to its rebuilt primary (coordinator).
+    Failback {
+        system: String,
+        /// The rebuilt primary's agent (runs pulih-agent with [standby] enabled).
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        pickup_timeout: Option<u64>,
+    },
+    /// Failovers and failbacks; with an id, that one with its steps.
+    Failovers { id: Option<i64> },
     /// The disaster recovery plan document (Pasal 18).
     Drp {
         #[command(subcommand)]
@@ -672,20 +700,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         }
-        Cmd::Restore { snapshot, target, path } => {
-            let body = serde_json::to_value(RestoreRequest { snapshot, target, path })?;
+        Cmd::Restore { snapshot, target, path, only_changed, delete } => {
+            let body = serde_json::to_value(RestoreRequest { snapshot, target, path, only_changed, delete })?;
             let r: RestoreResponse = c.call("POST", "/restore", Some(body))?;
             if json {
                 print_json(&r)?;
             } else {
                 out!(
-                    "Restored snapshot {} into {} on the controller: {} files, {} dirs, {} symlinks, {} in {:.2} s",
+                    "Restored snapshot {} into {} on the controller: {} files written ({}), {} unchanged, {} deleted, {} dirs, {} symlinks in {:.2} s",
                     &r.snapshot[..12.min(r.snapshot.len())],
                     r.path,
                     r.stats.files,
+                    pulih_controller::units::human_bytes(r.stats.bytes),
+                    r.stats.unchanged,
+                    r.stats.deleted,
                     r.stats.dirs,
                     r.stats.symlinks,
-                    pulih_controller::units::human_bytes(r.stats.bytes),
                     r.seconds
                 );
             }
@@ -825,6 +855,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out!("{}", AuditRow::table(&rows, std::io::stdout().is_terminal()));
         }
         Cmd::Drp { cmd } => return drp_cmd(&c, cmd, json),
+        Cmd::Failover { system, to, pickup_timeout } => {
+            let body = serde_json::json!({ "system": system, "to": to, "pickup_timeout_secs": pickup_timeout });
+            let r: FailoverRow = c.call("POST", "/failover", Some(body))?;
+            return show_failovers(&[r], json, true);
+        }
+        Cmd::Failback { system, to, pickup_timeout } => {
+            let body = serde_json::json!({ "system": system, "to": to, "pickup_timeout_secs": pickup_timeout });
+            let r: FailoverRow = c.call("POST", "/failback", Some(body))?;
+            return show_failovers(&[r], json, true);
+        }
+        Cmd::Failovers { id } => {
+            let rows: Vec<FailoverRow> = match id {
+                Some(i) => vec![c.call("GET", &format!("/failovers/{i}"), None)?],
+                None => c.call("GET", "/failovers", None)?,
+            };
+            return show_failovers(&rows, json, id.is_some());
+        }
         Cmd::Audit { cmd: AuditCmd::Verify } => {
             let v: AuditVerify = c.call("GET", "/audit/verify", None)?;
             if json {
@@ -880,4 +927,47 @@ fn print_scrub(s: &ScrubStatus) {
             r.detail.as_deref().unwrap_or("")
         );
     }
+}
+
+/// Prints failover records; exit 2 when the (single) run shown failed.
+fn show_failovers(rows: &[FailoverRow], json: bool, steps: bool) -> Result<ExitCode> {
+    if json {
+        print_json(&rows)?;
+    } else {
+        out!(
+            "{:>4} {:<9} {:<16} {:<16} {:<21} {:<10} {:>8} {:>8}",
+            "ID",
+            "KIND",
+            "SYSTEM",
+            "TARGET",
+            "STARTED",
+            "OUTCOME",
+            "RTO s",
+            "RPO s"
+        );
+        for r in rows {
+            let n = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+            out!(
+                "{:>4} {:<9} {:<16} {:<16} {:<21} {:<10} {:>8} {:>8}",
+                r.id,
+                r.kind,
+                r.system,
+                r.target_agent,
+                short(&rfc3339_ns(r.started_at * 1_000_000_000)),
+                r.outcome,
+                n(r.rto_achieved_secs),
+                n(r.rpo_achieved_secs)
+            );
+            if steps {
+                for s in r.steps.as_array().into_iter().flatten() {
+                    out!("     [{}] {}", s["outcome"].as_str().unwrap_or("?"), s["name"].as_str().unwrap_or("?"));
+                }
+                if let Some(e) = &r.error {
+                    out!("     error: {e}");
+                }
+            }
+        }
+    }
+    let failed = rows.len() == 1 && rows[0].outcome == "failed";
+    Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }

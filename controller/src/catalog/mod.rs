@@ -32,6 +32,7 @@ mod lifecycle;
 mod overview;
 mod reports;
 mod schema;
+mod standby;
 mod tokens;
 pub use audit::{actor_local, AuditRow, AuditVerify, NewAudit, AUDIT_GENESIS};
 pub use drp::{DrpVersionRow, LatestSnapshot, NewDrpVersion};
@@ -39,6 +40,7 @@ pub use lifecycle::{DamageRow, GcRunRow, ScrubRunRow};
 pub use overview::{AgentOverview, DatasetOverview, StoreTotals};
 pub use reports::DatasetTarget;
 pub use schema::SCHEMA_VERSION;
+pub use standby::{FailoverRow, JobRequest, JobRow, SystemStateRow};
 pub use tokens::{check_token_name, hash_secret, random_secret, ApiTokenRow, Role, TokenAuth};
 
 /// Catalog failures.

@@ -13,7 +13,7 @@ use super::CatalogError;
 /// Schema version written by this build.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE, AUDIT, DRP];
+const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE, AUDIT, DRP, STANDBY];
 
 /// Version 1: agents, certificates, enrollment tokens, blobs, datasets, snapshots.
 const V1: &str = r#"
@@ -187,6 +187,49 @@ CREATE TABLE drp_versions (
     next_review       INTEGER
 );
 CREATE INDEX drp_versions_by_file ON drp_versions (file_blake3);
+"#;
+
+/// Standby role, failover and failback: the job queue of standby agents,
+/// the record of every failover and failback, and where each system runs.
+const STANDBY: &str = r#"
+CREATE TABLE standby_jobs (
+    id           INTEGER PRIMARY KEY,
+    agent        TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    spec         TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'expired')),
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    picked_at    INTEGER,
+    finished_at  INTEGER,
+    message      TEXT,
+    result       TEXT,
+    failover_id  INTEGER,
+    created_by   TEXT NOT NULL
+);
+CREATE INDEX standby_jobs_by_agent ON standby_jobs (agent, state, id);
+CREATE TABLE failovers (
+    id                 INTEGER PRIMARY KEY,
+    system             TEXT NOT NULL,
+    kind               TEXT NOT NULL CHECK (kind IN ('failover', 'failback')),
+    target_agent       TEXT NOT NULL,
+    actor              TEXT NOT NULL,
+    started_at         INTEGER NOT NULL,
+    ended_at           INTEGER,
+    outcome            TEXT NOT NULL CHECK (outcome IN ('running', 'succeeded', 'failed')),
+    rto_achieved_secs  INTEGER,
+    rpo_achieved_secs  INTEGER,
+    snapshots          TEXT NOT NULL DEFAULT '[]',
+    steps              TEXT NOT NULL DEFAULT '[]',
+    error              TEXT
+);
+CREATE INDEX failovers_by_system ON failovers (system, id);
+CREATE TABLE system_state (
+    system            TEXT PRIMARY KEY,
+    running_at        TEXT NOT NULL,
+    since             INTEGER NOT NULL,
+    last_failover_id  INTEGER
+);
 "#;
 
 /// Brings a catalog at version `from` up to [`SCHEMA_VERSION`].

@@ -3,6 +3,7 @@
 use crate::enc::{DecodeError, Reader, Writer};
 use crate::formats::{MAX_CHUNK_LEN, MAX_FRAME_LEN, MAX_IDS_PER_QUERY, MAX_TREE_LEN};
 use crate::id::{ChunkId, SnapshotId, TreeId};
+use crate::protocol::standby::JobSpec;
 
 /// Error classes carried in `Error` frames. The agent's retry loop decides
 /// by [`ErrorCode::is_temporary`], never by message text.
@@ -130,6 +131,44 @@ pub enum Message {
     Renewed {
         cert_der: Vec<u8>,
     },
+    /// A standby agent asks for work (see [`crate::protocol::standby`]).
+    JobPoll,
+    /// No work now; ask again after the poll interval.
+    JobNone,
+    /// A job for the asking agent.
+    JobOffer {
+        id: u64,
+        spec: JobSpec,
+    },
+    /// During a restore job: the tree `id` of the job's snapshot.
+    FetchTree {
+        id: TreeId,
+    },
+    /// A tree (zstd, `raw_len` bytes of plaintext); the agent rehashes it.
+    TreeData {
+        id: TreeId,
+        raw_len: u32,
+        data: Vec<u8>,
+    },
+    /// During a restore job: these chunks of the job's snapshot; answered by
+    /// one `ChunkData` per id, in order.
+    FetchChunks {
+        ids: Vec<ChunkId>,
+    },
+    /// A chunk (zstd); the agent rehashes it before writing.
+    ChunkData {
+        id: ChunkId,
+        raw_len: u32,
+        data: Vec<u8>,
+    },
+    /// The job ended; `detail` is JSON for the catalog (stats, snapshot id).
+    JobDone {
+        id: u64,
+        ok: bool,
+        message: String,
+        detail: String,
+    },
+    JobAck,
 }
 
 /// One dataset in a [`Message::Report`].
@@ -160,6 +199,17 @@ const T_REPORT: u8 = 0x40;
 const T_REPORT_OK: u8 = 0x41;
 const T_RENEW: u8 = 0x50;
 const T_RENEWED: u8 = 0x51;
+const T_JOB_POLL: u8 = 0x60;
+const T_JOB_NONE: u8 = 0x61;
+const T_JOB_OFFER: u8 = 0x62;
+const T_FETCH_TREE: u8 = 0x63;
+const T_TREE_DATA: u8 = 0x64;
+const T_FETCH_CHUNKS: u8 = 0x65;
+const T_CHUNK_DATA: u8 = 0x66;
+const T_JOB_DONE: u8 = 0x67;
+const T_JOB_ACK: u8 = 0x68;
+/// Longest JSON detail of a finished job.
+const MAX_JOB_DETAIL: usize = 64 * 1024;
 
 const MAX_TEXT: usize = 4096;
 const MAX_DER: usize = 16 * 1024;
@@ -183,6 +233,15 @@ impl Message {
             Message::ReportOk { .. } => "report-ok",
             Message::Renew { .. } => "renew",
             Message::Renewed { .. } => "renewed",
+            Message::JobPoll => "job-poll",
+            Message::JobNone => "job-none",
+            Message::JobOffer { .. } => "job-offer",
+            Message::FetchTree { .. } => "fetch-tree",
+            Message::TreeData { .. } => "tree-data",
+            Message::FetchChunks { .. } => "fetch-chunks",
+            Message::ChunkData { .. } => "chunk-data",
+            Message::JobDone { .. } => "job-done",
+            Message::JobAck => "job-ack",
         }
     }
 
@@ -217,10 +276,14 @@ impl Message {
                 w.bytes(cert_der);
                 w.bytes(ca_der);
             }
-            Message::HasChunks { ids } | Message::Missing { ids } | Message::ReportOk { repair: ids } => {
+            Message::HasChunks { ids }
+            | Message::Missing { ids }
+            | Message::ReportOk { repair: ids }
+            | Message::FetchChunks { ids } => {
                 w.u8(match self {
                     Message::HasChunks { .. } => T_HAS,
                     Message::Missing { .. } => T_MISSING,
+                    Message::FetchChunks { .. } => T_FETCH_CHUNKS,
                     _ => T_REPORT_OK,
                 });
                 w.count(ids.len());
@@ -228,17 +291,17 @@ impl Message {
                     w.raw(id.as_bytes());
                 }
             }
-            Message::PutChunk { id, raw_len, data } => {
+            Message::PutChunk { id, raw_len, data } | Message::ChunkData { id, raw_len, data } => {
                 // Large payloads go straight into `out`, without an extra copy.
-                out.push(T_PUT_CHUNK);
+                out.push(if matches!(self, Message::PutChunk { .. }) { T_PUT_CHUNK } else { T_CHUNK_DATA });
                 out.extend_from_slice(id.as_bytes());
                 out.extend_from_slice(&raw_len.to_le_bytes());
                 out.extend_from_slice(&(data.len() as u32).to_le_bytes());
                 out.extend_from_slice(data);
                 return;
             }
-            Message::PutTree { id, raw_len, data } => {
-                out.push(T_PUT_TREE);
+            Message::PutTree { id, raw_len, data } | Message::TreeData { id, raw_len, data } => {
+                out.push(if matches!(self, Message::PutTree { .. }) { T_PUT_TREE } else { T_TREE_DATA });
                 out.extend_from_slice(id.as_bytes());
                 out.extend_from_slice(&raw_len.to_le_bytes());
                 out.extend_from_slice(&(data.len() as u32).to_le_bytes());
@@ -272,6 +335,25 @@ impl Message {
                 w.u8(T_RENEWED);
                 w.bytes(cert_der);
             }
+            Message::JobPoll => w.u8(T_JOB_POLL),
+            Message::JobNone => w.u8(T_JOB_NONE),
+            Message::JobAck => w.u8(T_JOB_ACK),
+            Message::JobOffer { id, spec } => {
+                w.u8(T_JOB_OFFER);
+                w.u64(*id);
+                spec.encode(&mut w);
+            }
+            Message::FetchTree { id } => {
+                w.u8(T_FETCH_TREE);
+                w.raw(id.as_bytes());
+            }
+            Message::JobDone { id, ok, message, detail } => {
+                w.u8(T_JOB_DONE);
+                w.u64(*id);
+                w.u8(u8::from(*ok));
+                w.str(message);
+                w.str(detail);
+            }
         }
         out.extend_from_slice(&w.into_bytes());
     }
@@ -300,7 +382,7 @@ impl Message {
                 cert_der: r.bytes("certificate", MAX_DER)?.to_vec(),
                 ca_der: r.bytes("ca certificate", MAX_DER)?.to_vec(),
             },
-            T_HAS | T_MISSING | T_REPORT_OK => {
+            T_HAS | T_MISSING | T_REPORT_OK | T_FETCH_CHUNKS => {
                 let n = r.count("id count", MAX_IDS_PER_QUERY, 32)?;
                 let mut ids = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -309,26 +391,35 @@ impl Message {
                 match t {
                     T_HAS => Message::HasChunks { ids },
                     T_MISSING => Message::Missing { ids },
+                    T_FETCH_CHUNKS => Message::FetchChunks { ids },
                     _ => Message::ReportOk { repair: ids },
                 }
             }
-            T_PUT_CHUNK => {
+            T_PUT_CHUNK | T_CHUNK_DATA => {
                 let id = ChunkId::from_bytes(r.array("chunk id")?);
                 let raw_len = r.u32("chunk length")?;
                 if raw_len == 0 || raw_len > MAX_CHUNK_LEN {
                     return Err(r.invalid("chunk length", format!("{raw_len} not in 1..={MAX_CHUNK_LEN}")));
                 }
                 let data = r.bytes("chunk data", MAX_FRAME_LEN as usize)?.to_vec();
-                Message::PutChunk { id, raw_len, data }
+                if t == T_PUT_CHUNK {
+                    Message::PutChunk { id, raw_len, data }
+                } else {
+                    Message::ChunkData { id, raw_len, data }
+                }
             }
-            T_PUT_TREE => {
+            T_PUT_TREE | T_TREE_DATA => {
                 let id = TreeId::from_bytes(r.array("tree id")?);
                 let raw_len = r.u32("tree length")?;
                 if raw_len == 0 || raw_len > MAX_TREE_LEN {
                     return Err(r.invalid("tree length", format!("{raw_len} not in 1..={MAX_TREE_LEN}")));
                 }
                 let data = r.bytes("tree data", MAX_FRAME_LEN as usize)?.to_vec();
-                Message::PutTree { id, raw_len, data }
+                if t == T_PUT_TREE {
+                    Message::PutTree { id, raw_len, data }
+                } else {
+                    Message::TreeData { id, raw_len, data }
+                }
             }
             T_COMMIT => Message::Commit { record: r.bytes("snapshot record", 1024 * 1024)?.to_vec() },
             T_COMMITTED => Message::Committed {
@@ -351,6 +442,21 @@ impl Message {
             }
             T_RENEW => Message::Renew { csr_der: r.bytes("csr", MAX_DER)?.to_vec() },
             T_RENEWED => Message::Renewed { cert_der: r.bytes("certificate", MAX_DER)?.to_vec() },
+            T_JOB_POLL => Message::JobPoll,
+            T_JOB_NONE => Message::JobNone,
+            T_JOB_ACK => Message::JobAck,
+            T_JOB_OFFER => Message::JobOffer { id: r.u64("job id")?, spec: JobSpec::decode(&mut r)? },
+            T_FETCH_TREE => Message::FetchTree { id: TreeId::from_bytes(r.array("tree id")?) },
+            T_JOB_DONE => Message::JobDone {
+                id: r.u64("job id")?,
+                ok: match r.u8("job outcome")? {
+                    0 => false,
+                    1 => true,
+                    o => return Err(r.invalid("job outcome", format!("{o} is not 0 or 1"))),
+                },
+                message: r.str("job message", MAX_TEXT)?.into(),
+                detail: r.str("job detail", MAX_JOB_DETAIL)?.into(),
+            },
             other => return Err(r.invalid("message type", format!("unknown type {other:#04x}"))),
         };
         r.finish("message")?;
@@ -388,7 +494,32 @@ mod tests {
             Message::ReportOk { repair: vec![ChunkId::of(b"d")] },
             Message::Renew { csr_der: vec![5, 6] },
             Message::Renewed { cert_der: vec![7] },
+            Message::JobPoll,
+            Message::JobNone,
+            Message::JobAck,
+            Message::JobOffer {
+                id: 7,
+                spec: JobSpec::RunAction { name: "start".into(), env: vec![("A".into(), "b".into())] },
+            },
+            Message::FetchTree { id: TreeId::of(b"t") },
+            Message::TreeData { id: TreeId::of(b"t"), raw_len: 3, data: vec![1, 2] },
+            Message::FetchChunks { ids: vec![ChunkId::of(b"c")] },
+            Message::ChunkData { id: ChunkId::of(b"c"), raw_len: 9, data: vec![4; 4] },
+            Message::JobDone { id: 7, ok: false, message: "no".into(), detail: "{}".into() },
         ]
+    }
+
+    proptest::proptest! {
+        /// Every job offer, whatever its spec, decodes to itself.
+        #[test]
+        fn job_offers_round_trip(id in proptest::prelude::any::<u64>(), spec in crate::protocol::standby::tests::arb_spec()) {
+            let m = Message::JobOffer { id, spec };
+            let mut buf = Vec::new();
+            encode(&m, &mut buf);
+            let (back, used) = decode(&buf).unwrap().unwrap();
+            proptest::prop_assert_eq!(back, m);
+            proptest::prop_assert_eq!(used, buf.len());
+        }
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! * `PutTree{id, raw_len, zstd}`: no answer; every chunk and subtree it
 //!   references must already be stored for this agent;
 //! * `Commit{record}` → `Committed{id, ...}`: the snapshot becomes visible.
+//! * standby role (types 0x60-0x68, see [`standby`]): `JobPoll` →
+//!   `JobNone` | `JobOffer{id, spec}`; during a restore job `FetchTree{id}` →
+//!   `TreeData`, `FetchChunks{ids}` → one `ChunkData` per id; `JobDone` →
+//!   `JobAck`. A controller without them answers `Error{Protocol}`.
 //!
 //! Any failure is answered with `Error{code, message}` and the connection is
 //! closed; nothing uncommitted becomes visible. [`frame::decode`] checks the
@@ -23,9 +27,11 @@
 
 pub mod frame;
 pub mod message;
+pub mod standby;
 
 pub use frame::{decode, encode, FrameError};
 pub use message::{DatasetReport, ErrorCode, Message};
+pub use standby::{Destination, JobSpec};
 
 /// ALPN protocol id of agent sessions (client certificate required).
 pub const ALPN_AGENT: &[u8] = b"pulih/1";

@@ -16,7 +16,7 @@ use pulih_controller::metrics::Metrics;
 use pulih_controller::pki::Ca;
 use pulih_controller::server::{self, Limits, Server};
 use pulih_controller::verify::Verifier;
-use pulih_controller::{failover, gc, lifecycle, pki, rebuild, restore, scrub};
+use pulih_controller::{failover, lifecycle, pki, rebuild, restore, scrub};
 use pulih_core::out;
 use pulih_core::{AgentName, TreeId};
 use tokio_util::sync::CancellationToken;

@@ -12,6 +12,7 @@ pub mod api;
 pub mod catalog;
 pub mod config;
 pub mod datadir;
+pub mod drill;
 pub mod framed;
 pub mod gc;
 pub mod lifecycle;

@@ -16,7 +16,7 @@ use pulih_controller::metrics::Metrics;
 use pulih_controller::pki::Ca;
 use pulih_controller::server::{self, Limits, Server};
 use pulih_controller::verify::Verifier;
-use pulih_controller::{gc, lifecycle, pki, rebuild, restore, scrub};
+use pulih_controller::{drill, gc, lifecycle, pki, rebuild, restore, scrub, systems};
 use pulih_core::out;
 use pulih_core::{AgentName, TreeId};
 use tokio_util::sync::CancellationToken;
@@ -200,6 +200,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Protected systems (the files in [systems] dir): check or list them.
+    Systems {
+        #[command(subcommand)]
+        cmd: SystemsCmd,
+    },
     /// Rebuild a lost catalog.db from the store and pki/issued/.
     RebuildCatalog {
         #[command(flatten)]
@@ -207,6 +212,23 @@ enum Cmd {
         /// Move an existing catalog.db aside instead of refusing.
         #[arg(long)]
         force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SystemsCmd {
+    /// Validate every system file; print each system, or every problem
+    /// with file:line: key (exit 1 on problems).
+    Check {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// List the systems in recovery order.
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
         #[arg(long)]
         json: bool,
     },
@@ -243,6 +265,68 @@ enum TokenCmd {
         #[command(flatten)]
         dir: DataDirArg,
     },
+}
+
+fn systems_cmd(cmd: SystemsCmd) -> Result<std::process::ExitCode> {
+    let (dir, json) = match &cmd {
+        SystemsCmd::Check { dir } => (dir, false),
+        SystemsCmd::List { dir, json } => (dir, *json),
+    };
+    let dd = DataDir::new(&dir.data_dir);
+    let sdir = dd.config()?.systems_dir(&dd.root);
+    let loaded = match systems::Systems::load(&sdir) {
+        Ok(s) => s,
+        Err(e) => {
+            let list = match e {
+                systems::SystemsError::Many(v) => v.iter().map(ToString::to_string).collect(),
+                other => vec![other.to_string()],
+            };
+            eprintln!("{} problem(s) in {}:", list.len(), sdir.display());
+            for p in list {
+                eprintln!("  {p}");
+            }
+            return Ok(std::process::ExitCode::from(1));
+        }
+    };
+    if json {
+        let v: Vec<serde_json::Value> = loaded
+            .in_order()
+            .iter()
+            .map(|s| {
+                serde_json::json!({"name": s.name.as_str(), "title": s.title, "opd": s.opd, "tier": s.tier,
+                    "depends_on": s.depends_on.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
+                    "rpo_target_secs": s.rpo_target.as_secs(), "rto_target_secs": s.rto_target.as_secs(),
+                    "drill_every_secs": s.drill_every.map(|d| d.as_secs()),
+                    "datasets": s.datasets.iter().map(|d| format!("{}/{}", d.agent, d.dataset)).collect::<Vec<_>>(),
+                    "file": s.source.display().to_string()})
+            })
+            .collect();
+        out!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let secs = |d: Duration| pulih_controller::units::format_duration(d.as_secs() as i64);
+    out!("{:<20} {:<14} {:>4} {:>6} {:>6} {:>7}  DATASETS", "SYSTEM", "OPD", "TIER", "RPO", "RTO", "DRILL");
+    for s in loaded.in_order() {
+        out!(
+            "{:<20} {:<14} {:>4} {:>6} {:>6} {:>7}  {}{}",
+            s.name,
+            s.opd,
+            s.tier,
+            secs(s.rpo_target),
+            secs(s.rto_target),
+            s.drill_every.map_or("-".into(), secs),
+            s.datasets.iter().map(|d| format!("{}/{}", d.agent, d.dataset)).collect::<Vec<_>>().join(","),
+            if s.depends_on.is_empty() {
+                String::new()
+            } else {
+                format!("  (after {})", s.depends_on.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "))
+            }
+        );
+    }
+    if matches!(cmd, SystemsCmd::Check { .. }) {
+        out!("{} system(s) in {}: OK", loaded.len(), sdir.display());
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -298,12 +382,16 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let ca = Ca::load(&dd.pki())?;
             let (chain, key) = pki::load_server(&dd.pki())?;
             let api_tls = Arc::new(api::tls_config(chain.clone(), key.clone_key())?);
+            let systems_dir = cfg.systems_dir(&dd.root);
+            let engine = Arc::new(drill::Engine::new(&dd.root, &systems_dir));
+            engine.recover()?;
             let api_state = Arc::new(ApiState {
                 backend: backend.clone(),
                 ca_fingerprint: ca.fingerprint().to_string(),
                 enroll_ttl_hours: cfg.enroll.token_ttl_hours,
-                metrics: Arc::new(Metrics::new()),
+                metrics: Arc::new(Metrics::new().with_systems_dir(&systems_dir)),
                 limiter: FailureLimiter::new(cfg.api.auth_failures_per_minute),
+                drills: Some(engine.clone()),
             });
             let router = api::router(api_state, cfg.api.metrics);
             let limits = Limits {
@@ -322,6 +410,12 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 let (interval, rate) = cfg.scrub_schedule();
                 let (store_root, catalog_path, stop) = (dd.store_path(), dd.catalog_path(), stop_scrub.clone());
                 std::thread::spawn(move || scrub::run_scheduled(&store_root, &catalog_path, interval, rate, &stop))
+            });
+            // Scheduled drills, likewise.
+            let stop_drills = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let drill_scheduler = cfg.drills.scheduled.then(|| {
+                let (engine, stop, every) = (engine.clone(), stop_drills.clone(), cfg.drill_check_interval());
+                std::thread::spawn(move || drill::schedule::run_scheduled(engine, every, stop))
             });
             let api_addr = cfg.api.listen.clone();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -353,6 +447,13 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             if let Some(t) = scrubber {
                 let _ = t.join();
             }
+            // A running drill's checks are stopped; its teardown still runs.
+            stop_drills.store(true, std::sync::atomic::Ordering::Relaxed);
+            engine.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(t) = drill_scheduler {
+                let _ = t.join();
+            }
+            engine.join();
             served?;
         }
         Cmd::EnrollAgent { name, dir, json } => {
@@ -393,6 +494,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             out!("Agent {name} revoked ({n} certificate(s)); it is refused from its next connection on.");
         }
         Cmd::Token { cmd } => token_cmd(cmd)?,
+        Cmd::Systems { cmd } => return systems_cmd(cmd),
         Cmd::Agents { dir, json } => {
             let agents = DataDir::new(&dir.data_dir).catalog()?.agents()?;
             if json {

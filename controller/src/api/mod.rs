@@ -39,6 +39,7 @@ use crate::catalog::{Catalog, CatalogError, Role, TokenAuth};
 use crate::metrics::Metrics;
 use crate::session::Backend;
 
+pub mod drills;
 mod handlers;
 pub mod types;
 
@@ -127,6 +128,11 @@ pub fn routes(metrics: bool) -> Vec<Route> {
         route(Method::DELETE, "/api/v1/tokens/{name}", Admin, h::revoke_token),
         route(Method::GET, "/api/v1/audit", Read, h::audit),
         route(Method::GET, "/api/v1/audit/verify", Read, h::audit_verify),
+        route(Method::GET, "/api/v1/systems", Read, drills::systems),
+        route(Method::POST, "/api/v1/drills", Operate, drills::start),
+        route(Method::GET, "/api/v1/drills", Read, drills::list),
+        route(Method::GET, "/api/v1/drills/{id}", Read, drills::show),
+        route(Method::GET, "/api/v1/drills/{id}/report", Read, drills::report),
     ];
     if metrics {
         v.push(route(Method::GET, "/metrics", Public, h::metrics));
@@ -143,6 +149,8 @@ pub struct ApiState {
     pub enroll_ttl_hours: u64,
     pub metrics: Arc<Metrics>,
     pub limiter: FailureLimiter,
+    /// The drill engine (`None`: drill endpoints answer 503).
+    pub drills: Option<Arc<crate::drill::Engine>>,
 }
 
 impl ApiState {
@@ -612,6 +620,7 @@ mod tests {
             enroll_ttl_hours: 1,
             metrics: Arc::new(Metrics::new()),
             limiter: FailureLimiter::new(10),
+            drills: None,
         });
         let _ = router(st.clone(), true);
         let _ = router(st, false);

@@ -27,12 +27,14 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use crate::store::{BlobKind, BlobRef};
 
 mod audit;
+mod drills;
 mod lifecycle;
 mod overview;
 mod reports;
 mod schema;
 mod tokens;
 pub use audit::{actor_local, AuditRow, AuditVerify, NewAudit, AUDIT_GENESIS};
+pub use drills::{DrillRow, DrillStepRow, DrillSystemRow, SnapshotUsed};
 pub use lifecycle::{DamageRow, GcRunRow, ScrubRunRow};
 pub use overview::{AgentOverview, DatasetOverview, StoreTotals};
 pub use reports::DatasetTarget;

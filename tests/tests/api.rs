@@ -53,6 +53,8 @@ fn body_for(kind: &str, snap: &str, dir: &Path, counter: &mut u32) -> Option<Vec
         "verify" => json!({"snapshots": [snap]}),
         "restore" => json!({"snapshot": snap, "target": dir.join(format!("r{counter}"))}),
         "token" => json!({"name": format!("n{counter}"), "role": "auditor"}),
+        // No system is defined: refused with 422, after the role check.
+        "drill" => json!({"all": true}),
         other => panic!("{other}"),
     };
     Some(v.to_string().into_bytes())
@@ -70,7 +72,7 @@ fn role_matrix_each_role_each_endpoint() {
     fs::create_dir_all(&restores).unwrap();
     let snap_path = format!("/api/v1/snapshots/{snap}");
     // (method, path, documented path, access, body)
-    let table: [(&str, &str, &str, &str, &str); 12] = [
+    let table: [(&str, &str, &str, &str, &str); 17] = [
         ("GET", "/api/v1/agents", "/api/v1/agents", "read", ""),
         ("POST", "/api/v1/agents/ghost/revoke", "/api/v1/agents/{name}/revoke", "admin", ""),
         ("POST", "/api/v1/enroll-tokens", "/api/v1/enroll-tokens", "admin", "enroll"),
@@ -83,6 +85,11 @@ fn role_matrix_each_role_each_endpoint() {
         ("DELETE", "/api/v1/tokens/nobody", "/api/v1/tokens/{name}", "admin", ""),
         ("GET", "/api/v1/audit", "/api/v1/audit", "read", ""),
         ("GET", "/api/v1/audit/verify", "/api/v1/audit/verify", "read", ""),
+        ("GET", "/api/v1/systems", "/api/v1/systems", "read", ""),
+        ("POST", "/api/v1/drills", "/api/v1/drills", "operate", "drill"),
+        ("GET", "/api/v1/drills", "/api/v1/drills", "read", ""),
+        ("GET", "/api/v1/drills/1", "/api/v1/drills/{id}", "read", ""),
+        ("GET", "/api/v1/drills/1/report", "/api/v1/drills/{id}/report", "read", ""),
     ];
     let mut counter = 0;
     let mut covered =

@@ -81,3 +81,56 @@ pub fn run_scheduled(engine: Arc<Engine>, interval_secs: i64, stop: Arc<AtomicBo
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::DrillSystemRow;
+
+    fn row(drill_id: i64, outcome: &str, ended_ns: i64) -> DrillSystemRow {
+        DrillSystemRow {
+            drill_id,
+            system: "web".into(),
+            title: "Web".into(),
+            opd: "Diskominfo".into(),
+            owner: None,
+            restore_place: "sandbox".into(),
+            snapshots: vec![],
+            bytes_restored: 0,
+            files_restored: 0,
+            verify_result: None,
+            rto_achieved_secs: None,
+            rpo_achieved_secs: None,
+            rto_target_secs: 3600,
+            rpo_target_secs: 3600,
+            outcome: outcome.into(),
+            reasons: vec![],
+            ended_ns: Some(ended_ns),
+        }
+    }
+
+    #[test]
+    fn overdue_follows_the_last_passed_or_partial_drill_and_failures_wait_a_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::create(&dir.path().join("c.db"), "drc").unwrap();
+        let text = "[system]\nname = \"web\"\ntitle = \"Web\"\nopd = \"Diskominfo\"\ndata_class = \"pokok\"\ntier = 1\n\
+                    rpo_target = \"1h\"\nrto_target = \"1h\"\ndrill_every = \"10s\"\n[[dataset]]\nagent = \"a\"\ndataset = \"d\"\n";
+        let systems = crate::systems::Systems::from_texts([(std::path::Path::new("web.toml"), text)]).unwrap();
+        let web = systems.get("web").unwrap();
+        let s = 1_000_000_000i64;
+        // Never drilled: overdue and due.
+        assert_eq!(overdue(&cat, web, 100 * s).unwrap(), Some(true));
+        assert!(due(&cat, web, 100 * s).unwrap());
+        // Passed at 100s: not overdue until 110s.
+        let id = cat.drill_begin("scheduled", "scheduler", &serde_json::json!({}), 99 * s).unwrap();
+        cat.drill_system_put(&row(id, "passed", 100 * s)).unwrap();
+        assert_eq!(overdue(&cat, web, 105 * s).unwrap(), Some(false));
+        assert_eq!(overdue(&cat, web, 111 * s).unwrap(), Some(true));
+        // A failed attempt at 111s: still overdue, but not due again before 121s.
+        let id = cat.drill_begin("scheduled", "scheduler", &serde_json::json!({}), 110 * s).unwrap();
+        cat.drill_system_put(&row(id, "failed", 111 * s)).unwrap();
+        assert_eq!(overdue(&cat, web, 115 * s).unwrap(), Some(true));
+        assert!(!due(&cat, web, 115 * s).unwrap());
+        assert!(due(&cat, web, 122 * s).unwrap());
+    }
+}

@@ -31,6 +31,35 @@ pub struct ControllerConfig {
     pub api: ApiSection,
     #[serde(default)]
     pub drp: DrpSection,
+    #[serde(default)]
+    pub systems: SystemsSection,
+    #[serde(default)]
+    pub drills: DrillsSection,
+}
+
+/// `[systems]`: where the protected systems are defined (see [`crate::systems`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemsSection {
+    /// Directory of the `*.toml` system files; relative paths are below the
+    /// data directory. Default: `<data dir>/systems`.
+    pub dir: Option<String>,
+}
+
+/// `[drills]`: scheduled failover drills inside `serve` (see [`crate::drill`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrillsSection {
+    /// Whether `serve` runs the drills that are due (`drill_every` of each system).
+    pub scheduled: bool,
+    /// How often `serve` looks for due drills.
+    pub check_interval: String,
+}
+
+impl Default for DrillsSection {
+    fn default() -> Self {
+        Self { scheduled: true, check_interval: "1m".into() }
+    }
 }
 
 /// `[drp]`: inputs of the disaster recovery plan document. Relative paths
@@ -225,6 +254,19 @@ impl ControllerConfig {
         self.restore.root.clone().unwrap_or_else(|| data_dir.join("restores"))
     }
 
+    /// The systems directory: `[systems] dir`, relative to `data_dir`.
+    pub fn systems_dir(&self, data_dir: &Path) -> std::path::PathBuf {
+        match &self.systems.dir {
+            Some(d) => data_dir.join(d),
+            None => data_dir.join("systems"),
+        }
+    }
+
+    /// Seconds between looks for due drills (validated).
+    pub fn drill_check_interval(&self) -> i64 {
+        units::parse_duration(&self.drills.check_interval).unwrap_or(60).max(1)
+    }
+
     /// Every problem at once.
     pub fn validate(&self) -> Result<()> {
         let mut problems = Vec::new();
@@ -290,6 +332,14 @@ impl ControllerConfig {
         }
         if let Err(e) = units::parse_size(&self.scrub.rate) {
             problems.push(format!("scrub.rate: {e}"));
+        }
+        if self.systems.dir.as_deref().is_some_and(|d| d.trim().is_empty()) {
+            problems.push("systems.dir is empty (leave it out for <data dir>/systems)".into());
+        }
+        match units::parse_duration(&self.drills.check_interval) {
+            Ok(0) => problems.push("drills.check_interval must be longer than 0s".into()),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("drills.check_interval: {e}")),
         }
         if !problems.is_empty() {
             bail!("{}", problems.join("; "));
@@ -375,6 +425,20 @@ interval = "7d"
 # Laju baca maksimum per detik (B, KiB, MiB, GiB)
 # Most bytes read per second (B, KiB, MiB, GiB).
 rate = "50MiB"
+
+[systems]
+# Direktori berkas sistem yang dilindungi (satu berkas *.toml per sistem); relatif terhadap direktori data.
+# Directory of the protected systems' files (one *.toml per system); relative to the data directory.
+# Diperiksa dengan / checked with: pulih-controller systems check
+dir = "systems"
+
+[drills]
+# Jalankan uji pemulihan yang jatuh tempo (drill_every tiap sistem) di dalam `serve`
+# Run the drills that are due (drill_every of each system) inside `serve`.
+scheduled = true
+# Seberapa sering `serve` mencari uji pemulihan yang jatuh tempo
+# How often `serve` looks for due drills.
+check_interval = "1m"
 
 # Retensi: tabel [[retention]] pertama yang cocok dengan agen/dataset berlaku; tanpa yang cocok, semua disimpan.
 # Retention: the first [[retention]] table matching the agent/dataset applies; with none, all are kept.

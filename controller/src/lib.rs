@@ -14,6 +14,7 @@ pub mod config;
 pub mod datadir;
 pub mod drp;
 pub mod failover;
+pub mod drill;
 pub mod framed;
 pub mod gc;
 pub mod lifecycle;

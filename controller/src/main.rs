@@ -16,7 +16,7 @@ use pulih_controller::metrics::Metrics;
 use pulih_controller::pki::Ca;
 use pulih_controller::server::{self, Limits, Server};
 use pulih_controller::verify::Verifier;
-use pulih_controller::{failover, lifecycle, pki, rebuild, restore, scrub};
+use pulih_controller::{drill, failover, lifecycle, pki, rebuild, restore, scrub, systems};
 use pulih_core::out;
 use pulih_core::{AgentName, TreeId};
 use tokio_util::sync::CancellationToken;
@@ -273,6 +273,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli_drp::DrpCmd,
     },
+    /// Protected systems (the files in [systems] dir): check or list them.
+    Systems {
+        #[command(subcommand)]
+        cmd: SystemsCmd,
+    },
     /// Rebuild a lost catalog.db from the store and pki/issued/.
     RebuildCatalog {
         #[command(flatten)]
@@ -287,7 +292,7 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct WaitArgs {
-    /// Directory of the system definitions (default: DATA_DIR/systems).
+    /// Directory of the system definitions (default: `[systems] dir` of controller.toml).
     #[arg(long)]
     systems_dir: Option<PathBuf>,
     /// An agent that does not ask for a job within this time fails the run.
@@ -297,7 +302,10 @@ struct WaitArgs {
 
 impl WaitArgs {
     fn resolve(&self, dd: &DataDir) -> Result<(pulih_controller::systems::Systems, failover::Waits)> {
-        let dir = self.systems_dir.clone().unwrap_or_else(|| dd.root.join("systems"));
+        let dir = match &self.systems_dir {
+            Some(d) => d.clone(),
+            None => dd.config()?.systems_dir(&dd.root),
+        };
         let systems = pulih_controller::systems::Systems::load(&dir)?;
         let pickup = pulih_controller::units::parse_duration(&self.pickup_timeout).map_err(anyhow::Error::msg)?;
         Ok((systems, failover::Waits { pickup: Duration::from_secs(pickup.max(1) as u64), ..Default::default() }))
@@ -327,6 +335,23 @@ fn print_failover(r: &pulih_controller::catalog::FailoverRow) {
     if let Some(e) = &r.error {
         out!("  error: {e}");
     }
+}
+
+#[derive(Subcommand)]
+enum SystemsCmd {
+    /// Validate every system file; print each system, or every problem
+    /// with file:line: key (exit 1 on problems).
+    Check {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// List the systems in recovery order.
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -386,6 +411,68 @@ enum AuditCmd {
     },
 }
 
+fn systems_cmd(cmd: SystemsCmd) -> Result<std::process::ExitCode> {
+    let (dir, json) = match &cmd {
+        SystemsCmd::Check { dir } => (dir, false),
+        SystemsCmd::List { dir, json } => (dir, *json),
+    };
+    let dd = DataDir::new(&dir.data_dir);
+    let sdir = dd.config()?.systems_dir(&dd.root);
+    let loaded = match systems::Systems::load(&sdir) {
+        Ok(s) => s,
+        Err(e) => {
+            let list = match e {
+                systems::SystemsError::Many(v) => v.iter().map(ToString::to_string).collect(),
+                other => vec![other.to_string()],
+            };
+            eprintln!("{} problem(s) in {}:", list.len(), sdir.display());
+            for p in list {
+                eprintln!("  {p}");
+            }
+            return Ok(std::process::ExitCode::from(1));
+        }
+    };
+    if json {
+        let v: Vec<serde_json::Value> = loaded
+            .in_order()
+            .iter()
+            .map(|s| {
+                serde_json::json!({"name": s.name.as_str(), "title": s.title, "opd": s.opd, "tier": s.tier,
+                    "depends_on": s.depends_on.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
+                    "rpo_target_secs": s.rpo_target.as_secs(), "rto_target_secs": s.rto_target.as_secs(),
+                    "drill_every_secs": s.drill_every.map(|d| d.as_secs()),
+                    "datasets": s.datasets.iter().map(|d| format!("{}/{}", d.agent, d.dataset)).collect::<Vec<_>>(),
+                    "file": s.source.display().to_string()})
+            })
+            .collect();
+        out!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let secs = |d: Duration| pulih_controller::units::format_duration(d.as_secs() as i64);
+    out!("{:<20} {:<14} {:>4} {:>6} {:>6} {:>7}  DATASETS", "SYSTEM", "OPD", "TIER", "RPO", "RTO", "DRILL");
+    for s in loaded.in_order() {
+        out!(
+            "{:<20} {:<14} {:>4} {:>6} {:>6} {:>7}  {}{}",
+            s.name,
+            s.opd,
+            s.tier,
+            secs(s.rpo_target),
+            secs(s.rto_target),
+            s.drill_every.map_or("-".into(), secs),
+            s.datasets.iter().map(|d| format!("{}/{}", d.agent, d.dataset)).collect::<Vec<_>>().join(","),
+            if s.depends_on.is_empty() {
+                String::new()
+            } else {
+                format!("  (after {})", s.depends_on.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "))
+            }
+        );
+    }
+    if matches!(cmd, SystemsCmd::Check { .. }) {
+        out!("{} system(s) in {}: OK", loaded.len(), sdir.display());
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
 }
@@ -440,11 +527,14 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let (chain, key) = pki::load_server(&dd.pki())?;
             let api_tls = Arc::new(api::tls_config(chain.clone(), key.clone_key())?);
             let scrubs = Arc::new(scrub::ScrubTracker::default());
+            let systems_dir = cfg.systems_dir(&dd.root);
+            let engine = Arc::new(drill::Engine::new(&dd.root, &systems_dir));
+            engine.recover()?;
             let api_state = Arc::new(ApiState {
                 backend: backend.clone(),
                 ca_fingerprint: ca.fingerprint().to_string(),
                 enroll_ttl_hours: cfg.enroll.token_ttl_hours,
-                metrics: Arc::new(Metrics::new()),
+                metrics: Arc::new(Metrics::new().with_systems_dir(&systems_dir)),
                 limiter: FailureLimiter::new(cfg.api.auth_failures_per_minute),
                 datadir: dd.clone(),
                 restore_root: cfg.restore_root(&dd.root),
@@ -457,9 +547,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                         None
                     }
                 },
-                // Where `failover` and `failback` find the systems (the
-                // local commands' default too).
-                systems_dir: dd.root.join("systems"),
+                // Where `failover` and `failback` find the systems.
+                systems_dir: systems_dir.clone(),
+                drills: Some(engine.clone()),
             });
             let router = api::router(api_state, cfg.api.metrics);
             let limits = Limits {
@@ -484,6 +574,12 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 let (dd, stop) = (dd.clone(), stop_maintenance.clone());
                 std::thread::spawn(move || lifecycle::run_scheduled(&dd, prune_every, gc_every, &stop))
             };
+            // Scheduled drills, likewise.
+            let stop_drills = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let drill_scheduler = cfg.drills.scheduled.then(|| {
+                let (engine, stop, every) = (engine.clone(), stop_drills.clone(), cfg.drill_check_interval());
+                std::thread::spawn(move || drill::schedule::run_scheduled(engine, every, stop))
+            });
             let api_addr = cfg.api.listen.clone();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let served = rt.block_on(async move {
@@ -516,6 +612,13 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             if let Some(t) = scrubber {
                 let _ = t.join();
             }
+            // A running drill's checks are stopped; its teardown still runs.
+            stop_drills.store(true, std::sync::atomic::Ordering::Relaxed);
+            engine.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(t) = drill_scheduler {
+                let _ = t.join();
+            }
+            engine.join();
             let _ = maintenance.join();
             // Waits for blocking tasks (a scrub started over the API) to end.
             drop(rt);
@@ -581,6 +684,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         }
+        Cmd::Systems { cmd } => return systems_cmd(cmd),
         Cmd::Agents { dir, json } => {
             let agents = DataDir::new(&dir.data_dir).catalog()?.agents()?;
             if json {

@@ -45,6 +45,12 @@ pub const GC_LAST_FREED: &str = "pulih_gc_last_freed_bytes";
 pub const GC_FREED_TOTAL: &str = "pulih_gc_freed_bytes_total";
 pub const PRUNE_LAST_FINISHED: &str = "pulih_prune_last_finished_timestamp_seconds";
 pub const PRUNE_LAST_REMOVED: &str = "pulih_prune_last_removed_snapshots";
+pub const DRILL_OVERDUE: &str = "pulih_drill_overdue";
+pub const DRILL_LAST: &str = "pulih_drill_last_timestamp_seconds";
+pub const DRILL_RTO: &str = "pulih_drill_rto_achieved_seconds";
+pub const DRILL_RPO: &str = "pulih_drill_rpo_achieved_seconds";
+pub const SYSTEM_RTO_TARGET: &str = "pulih_system_rto_target_seconds";
+pub const SYSTEM_RPO_TARGET: &str = "pulih_system_rpo_target_seconds";
 
 /// Metric failures.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +88,14 @@ pub struct Metrics {
     prune_finished: IntGauge,
     prune_removed: IntGauge,
     api_requests: IntCounterVec,
+    drill_overdue: IntGaugeVec,
+    drill_last: GaugeVec,
+    drill_rto: GaugeVec,
+    drill_rpo: GaugeVec,
+    system_rto: GaugeVec,
+    system_rpo: GaugeVec,
+    /// Where the systems are defined (drill metrics need them).
+    systems_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Metrics {
@@ -149,8 +163,37 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            drill_overdue: reg(
+                &r,
+                ig(DRILL_OVERDUE, "1 when the system's scheduled drill is overdue (drill_every passed)", &["system"]),
+            ),
+            drill_last: reg(
+                &r,
+                g(
+                    DRILL_LAST,
+                    "End of the system's last drill with this outcome (Unix seconds)",
+                    &["system", "outcome"],
+                ),
+            ),
+            drill_rto: reg(
+                &r,
+                g(DRILL_RTO, "RTO achieved by the system's last drill that measured it, seconds", &["system"]),
+            ),
+            drill_rpo: reg(
+                &r,
+                g(DRILL_RPO, "RPO achieved by the system's last drill that measured it, seconds", &["system"]),
+            ),
+            system_rto: reg(&r, g(SYSTEM_RTO_TARGET, "The system's RTO target, seconds", &["system"])),
+            system_rpo: reg(&r, g(SYSTEM_RPO_TARGET, "The system's RPO target, seconds", &["system"])),
+            systems_dir: None,
             registry: r,
         }
+    }
+
+    /// Also export drill metrics of the systems defined in `dir`.
+    pub fn with_systems_dir(mut self, dir: &std::path::Path) -> Self {
+        self.systems_dir = Some(dir.to_owned());
+        self
     }
 
     /// Counts one API request.
@@ -163,6 +206,7 @@ impl Metrics {
         self.refresh_agents(cat)?;
         self.refresh_store(cat)?;
         self.refresh_lifecycle(cat)?;
+        self.refresh_drills(cat)?;
         let head: i64 = cat.meta_get("audit_head_seq")?.and_then(|v| v.parse().ok()).unwrap_or(0);
         self.audit_rows.set(head);
         Ok(())
@@ -234,6 +278,46 @@ impl Metrics {
         if let Some(at) = meta_int(crate::lifecycle::META_PRUNE_AT)? {
             self.prune_finished.set(at);
             self.prune_removed.set(meta_int(crate::lifecycle::META_PRUNE_REMOVED)?.unwrap_or(0));
+        }
+        Ok(())
+    }
+
+    fn refresh_drills(&self, cat: &Catalog) -> Result<(), MetricsError> {
+        let Some(dir) = &self.systems_dir else { return Ok(()) };
+        let systems = match crate::systems::Systems::load(dir) {
+            Ok(s) => s,
+            Err(e) => {
+                // Keep the last values: an edit in progress should not
+                // make every system look drilled or not overdue.
+                tracing::warn!(error = %e, "metrics: the systems definitions are invalid; drill metrics not refreshed");
+                return Ok(());
+            }
+        };
+        for v in [&self.drill_last, &self.drill_rto, &self.drill_rpo, &self.system_rto, &self.system_rpo] {
+            v.reset();
+        }
+        self.drill_overdue.reset();
+        let now = pulih_core::now_ns();
+        for s in systems.iter() {
+            let name = s.name.as_str();
+            self.system_rto.with_label_values(&[name]).set(s.rto_target.as_secs_f64());
+            self.system_rpo.with_label_values(&[name]).set(s.rpo_target.as_secs_f64());
+            if let Some(o) = crate::drill::schedule::overdue(cat, s, now)? {
+                self.drill_overdue.with_label_values(&[name]).set(i64::from(o));
+            }
+            for outcome in ["passed", "partial", "failed"] {
+                if let Some(end) = cat.last_system_drill(name, &[outcome])?.and_then(|r| r.ended_ns) {
+                    self.drill_last.with_label_values(&[name, outcome]).set(end as f64 / 1e9);
+                }
+            }
+            if let Some(r) = cat.last_system_drill(name, &["passed", "partial"])? {
+                if let Some(v) = r.rto_achieved_secs {
+                    self.drill_rto.with_label_values(&[name]).set(v);
+                }
+                if let Some(v) = r.rpo_achieved_secs {
+                    self.drill_rpo.with_label_values(&[name]).set(v);
+                }
+            }
         }
         Ok(())
     }

@@ -60,6 +60,8 @@ fn body_for(kind: &str, snap: &str, counter: &mut u32) -> Option<Vec<u8>> {
         "drp-approve" => json!({"name": "Kepala Dinas (contoh)", "position": "Kepala Dinas"}),
         // No such system: allowed roles get 404 (nothing runs), others 403.
         "failover" => json!({"system": "no-such-system", "to": "nobody"}),
+        // No system is defined: refused with 422, after the role check.
+        "drill" => json!({"all": true}),
         other => panic!("{other}"),
     };
     Some(v.to_string().into_bytes())
@@ -84,7 +86,7 @@ fn role_matrix_each_role_each_endpoint() {
         ctl.dir.join("organisation.toml"),
     )
     .unwrap();
-    let table: [(&str, &str, &str, &str, &str); 29] = [
+    let table: [(&str, &str, &str, &str, &str); 34] = [
         ("GET", "/api/v1/agents", "/api/v1/agents", "read", ""),
         ("POST", "/api/v1/agents/ghost/revoke", "/api/v1/agents/{name}/revoke", "admin", ""),
         ("POST", "/api/v1/enroll-tokens", "/api/v1/enroll-tokens", "admin", "enroll"),
@@ -114,6 +116,11 @@ fn role_matrix_each_role_each_endpoint() {
         ("GET", "/api/v1/failovers", "/api/v1/failovers", "read", ""),
         ("GET", "/api/v1/failovers/1", "/api/v1/failovers/{id}", "read", ""),
         ("GET", "/api/v1/standby-jobs", "/api/v1/standby-jobs", "read", ""),
+        ("GET", "/api/v1/systems", "/api/v1/systems", "read", ""),
+        ("POST", "/api/v1/drills", "/api/v1/drills", "operate", "drill"),
+        ("GET", "/api/v1/drills", "/api/v1/drills", "read", ""),
+        ("GET", "/api/v1/drills/1", "/api/v1/drills/{id}", "read", ""),
+        ("GET", "/api/v1/drills/1/report", "/api/v1/drills/{id}/report", "read", ""),
     ];
     let mut counter = 0;
     let mut covered =

@@ -42,6 +42,7 @@ use crate::session::Backend;
 
 mod drp;
 pub mod failover;
+pub mod drills;
 mod handlers;
 mod lifecycle;
 pub mod types;
@@ -148,6 +149,11 @@ pub fn routes(metrics: bool) -> Vec<Route> {
         route(Method::GET, "/api/v1/failovers", Read, failover::failovers),
         route(Method::GET, "/api/v1/failovers/{id}", Read, failover::failover_one),
         route(Method::GET, "/api/v1/standby-jobs", Read, failover::jobs),
+        route(Method::GET, "/api/v1/systems", Read, drills::systems),
+        route(Method::POST, "/api/v1/drills", Operate, drills::start),
+        route(Method::GET, "/api/v1/drills", Read, drills::list),
+        route(Method::GET, "/api/v1/drills/{id}", Read, drills::show),
+        route(Method::GET, "/api/v1/drills/{id}/report", Read, drills::report),
     ];
     if metrics {
         v.push(route(Method::GET, "/metrics", Public, h::metrics));
@@ -177,6 +183,8 @@ pub struct ApiState {
     pub drp: Option<crate::drp::DrpSettings>,
     /// Directory of the system definitions (failover, failback).
     pub systems_dir: std::path::PathBuf,
+    /// The drill engine (`None`: drill endpoints answer 503).
+    pub drills: Option<Arc<crate::drill::Engine>>,
 }
 
 impl ApiState {
@@ -652,6 +660,7 @@ mod tests {
             scrub: Default::default(),
             drp: None,
             systems_dir: dir.path().join("systems"),
+            drills: None,
         });
         let _ = router(st.clone(), true);
         let _ = router(st, false);

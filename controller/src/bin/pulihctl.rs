@@ -6,7 +6,8 @@
 //! and `ca`. Human tables by default; `--json` prints the API's JSON.
 //!
 //! Exit status: 0 success, 1 error, 2 when `verify` or `scrub --wait` found
-//! damage or `audit verify` found the chain broken.
+//! damage, `audit verify` found the chain broken, `drill run` did not pass,
+//! or a failover, failback or `drp verify` did not succeed.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use pulih_controller::api::drills::{DrillDetail, DrillStartRequest, DrillStarted, SystemInfo};
 use pulih_controller::api::types::*;
 use pulih_controller::catalog::{rfc3339_ns, FailoverRow};
 use pulih_core::out;
@@ -170,6 +172,59 @@ enum Cmd {
     Drp {
         #[command(subcommand)]
         cmd: DrpCmd,
+    },
+    /// Protected systems: targets, datasets, last drill, overdue.
+    Systems,
+    /// Failover drills: run, list, show, report.
+    Drill {
+        #[command(subcommand)]
+        cmd: DrillCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DrillCmd {
+    /// Run a drill of systems, of an OPD, or of everything (coordinator).
+    /// Waits and prints the result; exit 0 passed, 2 partial or failed.
+    Run {
+        /// Systems to drill.
+        #[arg(required_unless_present_any = ["opd", "all"], conflicts_with_all = ["opd", "all"])]
+        systems: Vec<String>,
+        /// Every system of this OPD.
+        #[arg(long, conflicts_with = "all")]
+        opd: Option<String>,
+        /// Every system.
+        #[arg(long)]
+        all: bool,
+        /// Restore this snapshot (id or prefix) for its dataset; the others as of its time.
+        #[arg(long, conflicts_with = "as_of")]
+        snapshot: Option<String>,
+        /// Restore the newest snapshots at or before this RFC 3339 time.
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Print the drill id and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Drills, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One drill with its systems and steps.
+    Show { id: i64 },
+    /// The drill report (Markdown or self-contained HTML; Indonesian or English).
+    Report {
+        id: i64,
+        /// md or html.
+        #[arg(long, default_value = "md")]
+        format: String,
+        /// id (Bahasa Indonesia) or en.
+        #[arg(long, default_value = "id")]
+        lang: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -346,6 +401,12 @@ impl Client {
     }
 
     fn call<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<T> {
+        let (url, text) = self.send(method, path, body)?;
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}"))
+    }
+
+    /// A 2xx answer's body as text, with the URL asked.
+    fn send(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<(String, String)> {
         let url = format!("{}/api/v1{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let res = match (method, body) {
@@ -358,7 +419,7 @@ impl Client {
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().context("reading the controller's answer")?;
         if (200..300).contains(&status) {
-            return serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}"));
+            return Ok((url, text));
         }
         let message = serde_json::from_str::<ErrorBody>(&text)
             .map(|b| b.error.message)
@@ -566,10 +627,168 @@ fn dur(secs: i64) -> String {
     }
 }
 
+fn systems(c: &Client, json: bool) -> Result<ExitCode> {
+    let rows: Vec<SystemInfo> = c.call("GET", "/systems", None)?;
+    if json {
+        return print_json(&rows).map(|_| ExitCode::SUCCESS);
+    }
+    out!(
+        "{:<20} {:<14} {:>4} {:>7} {:>7} {:>7}  {:<8} {:<21} {:>9} {:>9}",
+        "SYSTEM",
+        "OPD",
+        "TIER",
+        "RPO",
+        "RTO",
+        "DRILL",
+        "LAST",
+        "LAST DRILL",
+        "RTO GOT",
+        "RPO GOT"
+    );
+    for s in &rows {
+        let last = s.last_drill.as_ref();
+        out!(
+            "{:<20} {:<14} {:>4} {:>7} {:>7} {:>7}  {:<8} {:<21} {:>9} {:>9}{}",
+            s.name,
+            s.opd,
+            s.tier,
+            dur(s.rpo_target_secs as i64),
+            dur(s.rto_target_secs as i64),
+            s.drill_every_secs.map_or("-".into(), |d| dur(d as i64)),
+            last.map_or("-", |l| l.outcome.as_str()),
+            last.and_then(|l| l.ended_ns).map_or("-".into(), |n| short(&rfc3339_ns(n))),
+            last.and_then(|l| l.rto_achieved_secs).map_or("-".into(), |v| dur(v.round() as i64)),
+            last.and_then(|l| l.rpo_achieved_secs).map_or("-".into(), |v| dur(v.round() as i64)),
+            if s.overdue == Some(true) { "  OVERDUE" } else { "" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_drill(d: &DrillDetail) {
+    out!("Drill {} ({}, by {}): {}", d.drill.id, d.drill.trigger, d.drill.actor, d.drill.outcome.to_uppercase());
+    out!(
+        "Started: {}   Ended: {}",
+        short(&rfc3339_ns(d.drill.started_ns)),
+        d.drill.ended_ns.map_or("-".into(), |n| short(&rfc3339_ns(n)))
+    );
+    for s in &d.systems {
+        out!();
+        out!(
+            "System {} ({}): {}   RTO {} / target {}   RPO {} / target {}",
+            s.system,
+            s.opd,
+            s.outcome.to_uppercase(),
+            s.rto_achieved_secs.map_or("-".into(), |v| format!("{v:.1}s")),
+            dur(s.rto_target_secs),
+            s.rpo_achieved_secs.map_or("-".into(), |v| format!("{v:.1}s")),
+            dur(s.rpo_target_secs)
+        );
+        for u in &s.snapshots {
+            out!(
+                "  snapshot {} of {}/{} (data time {})",
+                &u.snapshot[..12.min(u.snapshot.len())],
+                u.agent,
+                u.dataset,
+                short(&rfc3339_ns(u.started_ns))
+            );
+        }
+        for st in d.steps.iter().filter(|st| st.system == s.system) {
+            let secs = st.ended_ns.map_or("-".into(), |e| format!("{:.1}s", (e - st.started_ns) as f64 / 1e9));
+            out!("  {:>3} {:<10} {:<30} {:>8}  {}", st.seq, st.kind, st.name, secs, st.outcome);
+        }
+        for r in &s.reasons {
+            out!("  reason: {r}");
+        }
+    }
+}
+
+fn drill(c: &Client, cmd: DrillCmd, json: bool) -> Result<ExitCode> {
+    match cmd {
+        DrillCmd::Run { systems, opd, all, snapshot, as_of, no_wait } => {
+            let req = DrillStartRequest {
+                systems: (!systems.is_empty()).then_some(systems),
+                opd,
+                all: all.then_some(true),
+                snapshot,
+                as_of,
+            };
+            let started: DrillStarted = c.call("POST", "/drills", Some(serde_json::to_value(req)?))?;
+            if no_wait {
+                if json {
+                    print_json(&started)?;
+                } else {
+                    out!("Drill {} started; follow it with: pulihctl drill show {}", started.id, started.id);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let d = loop {
+                let d: DrillDetail = c.call("GET", &format!("/drills/{}", started.id), None)?;
+                if d.drill.outcome != "running" {
+                    break d;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            if json {
+                print_json(&d)?;
+            } else {
+                print_drill(&d);
+            }
+            Ok(if d.drill.outcome == "passed" { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        DrillCmd::List { limit } => {
+            let rows: Vec<pulih_controller::catalog::DrillRow> =
+                c.call("GET", &format!("/drills?limit={limit}"), None)?;
+            if json {
+                return print_json(&rows).map(|_| ExitCode::SUCCESS);
+            }
+            out!("{:>6} {:<10} {:<21} {:<21} {:<8} ACTOR", "ID", "TRIGGER", "STARTED", "ENDED", "OUTCOME");
+            for r in &rows {
+                out!(
+                    "{:>6} {:<10} {:<21} {:<21} {:<8} {}",
+                    r.id,
+                    r.trigger,
+                    short(&rfc3339_ns(r.started_ns)),
+                    r.ended_ns.map_or("-".into(), |n| short(&rfc3339_ns(n))),
+                    r.outcome,
+                    r.actor
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DrillCmd::Show { id } => {
+            let d: DrillDetail = c.call("GET", &format!("/drills/{id}"), None)?;
+            if json {
+                print_json(&d)?;
+            } else {
+                print_drill(&d);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DrillCmd::Report { id, format, lang, out } => {
+            let (_, text) = c.send(
+                "GET",
+                &format!("/drills/{id}/report{}", query(&[("format", Some(format)), ("lang", Some(lang))])),
+                None,
+            )?;
+            match out {
+                Some(p) => {
+                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+                    out!("Report of drill {id} written to {}", p.display());
+                }
+                None => out!("{}", text.trim_end_matches('\n')),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let c = Client::new(&cli)?;
     let json = cli.json;
     match cli.cmd {
+        Cmd::Systems => return systems(&c, json),
+        Cmd::Drill { cmd } => return drill(&c, cmd, json),
         Cmd::Agents { cmd: None } => {
             let r: AgentsResponse = c.call("GET", "/agents", None)?;
             if json {

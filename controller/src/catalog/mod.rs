@@ -28,6 +28,7 @@ use crate::store::{BlobKind, BlobRef};
 
 mod audit;
 mod drp;
+mod drills;
 mod lifecycle;
 mod overview;
 mod reports;
@@ -36,6 +37,7 @@ mod standby;
 mod tokens;
 pub use audit::{actor_local, AuditRow, AuditVerify, NewAudit, AUDIT_GENESIS};
 pub use drp::{DrpVersionRow, LatestSnapshot, NewDrpVersion};
+pub use drills::{DrillRow, DrillStepRow, DrillSystemRow, SnapshotUsed};
 pub use lifecycle::{DamageRow, GcRunRow, ScrubRunRow};
 pub use overview::{AgentOverview, DatasetOverview, StoreTotals};
 pub use reports::DatasetTarget;

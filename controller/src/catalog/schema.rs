@@ -13,7 +13,7 @@ use super::CatalogError;
 /// Schema version written by this build.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE, AUDIT, DRP, STANDBY];
+const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE, AUDIT, DRP, STANDBY, DRILLS];
 
 /// Version 1: agents, certificates, enrollment tokens, blobs, datasets, snapshots.
 const V1: &str = r#"
@@ -229,6 +229,55 @@ CREATE TABLE system_state (
     running_at        TEXT NOT NULL,
     since             INTEGER NOT NULL,
     last_failover_id  INTEGER
+);
+"#;
+
+/// Failover drills (issue 5): one row per drill run, one per
+/// system drilled in it, and the steps of each, in the order they ran.
+/// Times are Unix nanoseconds. Texts written by checks are bounded by the
+/// drill engine (see `crate::drill`).
+const DRILLS: &str = r#"
+CREATE TABLE drills (
+    id          INTEGER PRIMARY KEY,
+    trigger     TEXT NOT NULL CHECK (trigger IN ('manual', 'scheduled')),
+    actor       TEXT NOT NULL,
+    request     TEXT NOT NULL,
+    started_ns  INTEGER NOT NULL,
+    ended_ns    INTEGER,
+    outcome     TEXT NOT NULL CHECK (outcome IN ('running', 'passed', 'partial', 'failed'))
+);
+CREATE TABLE drill_systems (
+    drill_id          INTEGER NOT NULL REFERENCES drills(id),
+    system            TEXT NOT NULL,
+    title             TEXT NOT NULL,
+    opd               TEXT NOT NULL,
+    owner             TEXT,
+    restore_place     TEXT NOT NULL,
+    snapshots         TEXT NOT NULL,
+    bytes_restored    INTEGER NOT NULL DEFAULT 0,
+    files_restored    INTEGER NOT NULL DEFAULT 0,
+    verify_result     TEXT,
+    rto_achieved_secs REAL,
+    rpo_achieved_secs REAL,
+    rto_target_secs   INTEGER NOT NULL,
+    rpo_target_secs   INTEGER NOT NULL,
+    outcome           TEXT NOT NULL CHECK (outcome IN ('running', 'passed', 'partial', 'failed')),
+    reasons           TEXT NOT NULL DEFAULT '[]',
+    ended_ns          INTEGER,
+    PRIMARY KEY (drill_id, system)
+);
+CREATE INDEX drill_systems_by_system ON drill_systems (system, drill_id);
+CREATE TABLE drill_steps (
+    drill_id   INTEGER NOT NULL REFERENCES drills(id),
+    seq        INTEGER NOT NULL,
+    system     TEXT NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('restore', 'verify', 'check', 'activation', 'teardown')),
+    name       TEXT NOT NULL,
+    started_ns INTEGER NOT NULL,
+    ended_ns   INTEGER,
+    outcome    TEXT NOT NULL CHECK (outcome IN ('running', 'passed', 'failed', 'skipped')),
+    output     TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (drill_id, seq)
 );
 "#;
 

@@ -230,7 +230,7 @@ mod tests {
         let (root, bytes) = Tree::new(vec![f("a", b"alpha"), f("b", b"bravo")]).unwrap().encode();
         store.put_unsynced(&BlobRef::tree(&root), &pulih_core::codec::compress(&bytes, 1)).unwrap();
         let dest = dir.path().join("dest");
-        crate::restore::restore(&store, &root, &[], &dest).unwrap();
+        crate::restore::restore(&store, &root, &[], &dest, Default::default()).unwrap();
         let ok = restored(&store, &root, &[], &dest);
         assert_eq!((ok.files, ok.problem_count), (2, 0), "{:?}", ok.problems);
         // One flipped byte in the restored copy, one file gone.

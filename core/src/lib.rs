@@ -11,6 +11,8 @@
 //! binaries decide which threads run it.
 
 pub mod chunker;
+#[cfg(feature = "cli")]
+pub mod clidoc;
 pub mod codec;
 pub mod enc;
 pub mod formats;

@@ -101,6 +101,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Write man pages or shell completions into DIR (deploy/install.sh runs it).
+    #[command(hide = true)]
+    Generate { kind: pulih_core::clidoc::DocKind, dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -212,8 +215,9 @@ impl Client {
         let pem = std::fs::read(&ca).with_context(|| format!("reading the CA certificate {}", ca.display()))?;
         let cert = ureq::tls::Certificate::from_pem(&pem)
             .map_err(|e| anyhow::anyhow!("{} is not a PEM certificate: {e}", ca.display()))?;
-        let tls =
-            ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert]))).build();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])))
+            .build();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)
@@ -298,9 +302,18 @@ fn dur(secs: i64) -> String {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // Needs no controller, token or settings file.
+    if let Cmd::Generate { kind, dir } = &cli.cmd {
+        for path in pulih_core::clidoc::generate(<Cli as clap::CommandFactory>::command(), *kind, dir)? {
+            out!("{}", path.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let c = Client::new(&cli)?;
     let json = cli.json;
     match cli.cmd {
+        // Answered above, before connecting.
+        Cmd::Generate { .. } => {}
         Cmd::Agents { cmd: None } => {
             let r: AgentsResponse = c.call("GET", "/agents", None)?;
             if json {

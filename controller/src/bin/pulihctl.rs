@@ -217,6 +217,7 @@ impl Client {
             .map_err(|e| anyhow::anyhow!("{} is not a PEM certificate: {e}", ca.display()))?;
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])))
+            .unversioned_rustls_crypto_provider(pulih_core::tls::provider())
             .build();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .tls_config(tls)

@@ -45,6 +45,7 @@ for t in "${targets[@]}"; do
     dirs=("corpus/$t" "seeds/$t")
     [ -d "regressions/$t" ] && dirs+=("regressions/$t")
     log="logs/$t.log"
+    t0=$(date +%s)
     if "${cargo[@]}" fuzz run "${build[@]}" "$t" "${dirs[@]}" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=262144 \
         -print_final_stats=1 >"$log" 2>&1; then
@@ -53,10 +54,12 @@ for t in "${targets[@]}"; do
         status=CRASH
         failed+=("$t")
     fi
+    # On a crash libFuzzer prints no final stats; the last status line has the count.
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    [ -n "$execs" ] || execs=$(grep -o '^#[0-9]*' "$log" | tail -1 | tr -d '#')
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
     printf 'fuzz: %-18s %-5s %4s s  execs %-10s cov %-6s corpus %s\n' \
-        "$t" "$status" "$secs" "${execs:-?}" "${cov:-?}" "$(find "corpus/$t" -type f | wc -l)"
+        "$t" "$status" "$(($(date +%s) - t0))" "${execs:-?}" "${cov:-?}" "$(find "corpus/$t" -type f | wc -l)"
     if [ "$status" = CRASH ]; then
         grep -E 'panicked|ERROR|SUMMARY|Test unit written' "$log" | head -20 >&2 || true
     fi

@@ -3,8 +3,9 @@
 #
 #   deploy/install.sh --controller [--agent] [--bin-dir DIR] [--root DIR] [--dry-run]
 #
-# Binaries go to ${PREFIX:-/usr/local}/bin, units to /etc/systemd/system, example
-# configurations to /etc/pulih/*.toml.example. An existing configuration
+# Binaries go to ${PREFIX:-/usr/local}/bin, their man pages and bash/zsh/fish
+# completions under ${PREFIX:-/usr/local}/share, units to /etc/systemd/system,
+# example configurations to /etc/pulih/*.toml.example. An existing configuration
 # (/etc/pulih/agent.toml, /var/lib/pulih/controller.toml) is never touched.
 # Running it again upgrades binaries, units and examples in place.
 set -euo pipefail
@@ -204,6 +205,29 @@ bin_target=${prefix%/}/bin
 for b in "${binaries[@]}"; do
     say "Memasang $b ke $bin_target / Installing $b into $bin_target"
     install_file "$bin_dir/$b" "$bin_target/$b" 0755
+done
+
+# Man pages and shell completions, written by each binary from its own
+# command-line definition (hidden subcommand `generate`), so they always
+# match the installed version.
+share=${prefix%/}/share
+gen_dir=$(mktemp -d)
+trap 'rm -rf "$gen_dir"' EXIT
+for b in "${binaries[@]}"; do
+    for kind in man bash zsh fish; do
+        "$bin_dir/$b" generate "$kind" "$gen_dir/$kind" >/dev/null ||
+            die "$b generate $kind gagal / $b generate $kind failed"
+    done
+done
+say "Memasang halaman man ke $share/man/man1 / Installing man pages into $share/man/man1"
+for f in "$gen_dir"/man/*.1; do
+    install_file "$f" "$share/man/man1/$(basename "$f")" 0644
+done
+say "Memasang pelengkapan shell bash, zsh dan fish / Installing bash, zsh and fish completions"
+for b in "${binaries[@]}"; do
+    install_file "$gen_dir/bash/$b.bash" "$share/bash-completion/completions/$b" 0644
+    install_file "$gen_dir/zsh/_$b" "$share/zsh/site-functions/_$b" 0644
+    install_file "$gen_dir/fish/$b.fish" "$share/fish/vendor_completions.d/$b.fish" 0644
 done
 
 if ((controller)); then

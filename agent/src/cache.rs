@@ -138,7 +138,8 @@ impl DirRecord {
         (*blake3::hash(&bytes).as_bytes(), bytes)
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+    /// Decodes and checks a record (entries sorted, nothing left over).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         if r.take("record magic", 8)? != RECORD_MAGIC {
             return Err(r.invalid("record magic", "not a directory record"));
@@ -221,7 +222,8 @@ impl PackReader {
         let footer_off = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
         let root: [u8; 32] = trailer[8..40].try_into().expect("32 bytes");
         let snapshot = SnapshotId::from_bytes(trailer[40..72].try_into().expect("32 bytes"));
-        if footer_off < 10 || footer_off + 4 > len - TRAILER_LEN {
+        // Checked: the offset comes from the file and may be anything.
+        if footer_off < 10 || footer_off.checked_add(4).is_none_or(|end| end > len - TRAILER_LEN) {
             return Err(damaged("bad footer offset"));
         }
         let mut footer = vec![0u8; (len - TRAILER_LEN - footer_off) as usize];
@@ -234,7 +236,7 @@ impl PackReader {
                 Ok((r.array::<32>("key")?, r.u64("off")?, r.u32("len")?))
             };
             let (k, off, l) = parse(&mut r).map_err(|e| damaged(&e.to_string()))?;
-            if off + u64::from(l) > footer_off {
+            if off.checked_add(u64::from(l)).is_none_or(|end| end > footer_off) {
                 return Err(damaged("record outside the pack"));
             }
             table.push((k, off, l));
@@ -408,5 +410,34 @@ mod tests {
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         assert!(matches!(PackReader::open(&path), Err(CacheError::Damaged { .. })));
+    }
+
+    /// Found by the `cache_pack` fuzz target (fuzz/regressions/cache_pack/):
+    /// a footer offset or a record offset near `u64::MAX` overflowed the
+    /// bounds check and panicked; a damaged pack must be an error.
+    #[test]
+    fn offsets_near_u64_max_are_damage_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.pack");
+        let mut w = PackWriter::create(&path).unwrap();
+        let key = w.add(&rec(1)).unwrap();
+        w.finish(key).unwrap().install(&SnapshotId::of(b"s"), &path).unwrap();
+        let good = fs::read(&path).unwrap();
+        let trailer = good.len() - TRAILER_LEN as usize;
+        let footer_off = u64::from_le_bytes(good[trailer..trailer + 8].try_into().unwrap()) as usize;
+
+        let mut bad = good.clone();
+        bad[trailer..trailer + 8].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        fs::write(&path, &bad).unwrap();
+        assert!(matches!(PackReader::open(&path), Err(CacheError::Damaged { .. })));
+
+        // The one table entry: count u32, key [32], offset u64, len u32.
+        let mut bad = good.clone();
+        bad[footer_off + 4 + 32..footer_off + 4 + 40].copy_from_slice(&u64::MAX.to_le_bytes());
+        fs::write(&path, &bad).unwrap();
+        assert!(matches!(PackReader::open(&path), Err(CacheError::Damaged { .. })));
+
+        fs::write(&path, &good).unwrap();
+        assert_eq!(PackReader::open(&path).unwrap().unwrap().get(&key).unwrap().unwrap(), rec(1));
     }
 }

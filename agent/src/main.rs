@@ -93,6 +93,9 @@ enum Cmd {
         #[arg(long)]
         lang: Option<String>,
     },
+    /// Write man pages or shell completions into DIR (deploy/install.sh runs it).
+    #[command(hide = true)]
+    Generate { kind: pulih_core::clidoc::DocKind, dir: PathBuf },
 }
 
 /// `snapshot`: every snapshot was committed, but some entries were not read.
@@ -118,6 +121,11 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<std::process::ExitCode> {
     match cli.cmd {
+        Cmd::Generate { kind, dir } => {
+            for path in pulih_core::clidoc::generate(<Cli as clap::CommandFactory>::command(), kind, &dir)? {
+                out!("{}", path.display());
+            }
+        }
         Cmd::Enroll { controller, token, fingerprint, name, state_dir, config } => {
             enroll::enroll(&controller, &token, &fingerprint, &name, &state_dir, &config)?;
             out!("Enrolled as {name}. Configuration written to {}.", config.display());

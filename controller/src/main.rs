@@ -288,6 +288,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write man pages or shell completions into DIR (deploy/install.sh runs it).
+    #[command(hide = true)]
+    Generate { kind: pulih_core::clidoc::DocKind, dir: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -495,6 +498,11 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
     match cli.cmd {
+        Cmd::Generate { kind, dir } => {
+            for path in pulih_core::clidoc::generate(<Cli as clap::CommandFactory>::command(), kind, &dir)? {
+                out!("{}", path.display());
+            }
+        }
         Cmd::Init { dir, listen, api_listen, names, controller_name } => {
             let dd = DataDir::new(&dir.data_dir);
             dd.init(&controller_name, &listen, &api_listen, &names)?;

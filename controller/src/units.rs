@@ -48,14 +48,29 @@ pub fn parse_offset(text: &str) -> Result<time::UtcOffset, String> {
         _ => return Err(bad()),
     };
     let (h, m) = rest.split_once(':').ok_or_else(bad)?;
-    let h: i8 = h.parse().map_err(|_| bad())?;
-    let m: i8 = m.parse().map_err(|_| bad())?;
+    // Digits only: `i8::from_str` also takes a sign, and "-+07:-128" made
+    // `sign * m` overflow (found by the `units` fuzz target).
+    let part = |s: &str| {
+        (!s.is_empty() && s.len() <= 2 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse::<i8>().ok()).flatten()
+    };
+    let (h, m) = (part(h).ok_or_else(bad)?, part(m).ok_or_else(bad)?);
     time::UtcOffset::from_hms(sign * h, sign * m, 0).map_err(|_| bad())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression of the `units` fuzz target (fuzz/regressions/units/): signs
+    /// inside the parts were accepted, and "-+07:-128" overflowed.
+    #[test]
+    fn offsets_with_signed_or_long_parts_are_refused() {
+        for bad in ["-+07:-128", "+-07:00", "+07:+30", "+07:-30", "+007:00", "+7:", "+:30", "+07:00:00"] {
+            assert!(parse_offset(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_offset("-03:30").unwrap(), time::UtcOffset::from_hms(-3, -30, 0).unwrap());
+        assert_eq!(parse_offset("+7:00").unwrap(), time::UtcOffset::from_hms(7, 0, 0).unwrap());
+    }
 
     #[test]
     fn durations_sizes_and_offsets() {

@@ -63,8 +63,26 @@ fn one_server_per_data_directory_and_admin_commands_leave_uploads_alone() {
     let init =
         ctl().args(["init", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--data-dir"]).arg(&d).status();
     assert!(init.unwrap().success());
-    let mut first = ctl().args(["serve", "--data-dir"]).arg(&d).stderr(std::process::Stdio::null()).spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Killed on every exit of the test, a failed assertion included: a
+    // server left behind would hold the test harness's output open.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let first = KillOnDrop(
+        ctl()
+            .args(["serve", "--data-dir"])
+            .arg(&d)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Generous: CI machines are shared and sometimes slow.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     // Wait until the first server holds the lock (it removes leftovers after).
     std::fs::write(d.join("store/tmp/marker-before"), b"x").unwrap();
     while d.join("store/tmp/marker-before").exists() {
@@ -85,6 +103,5 @@ fn one_server_per_data_directory_and_admin_commands_leave_uploads_alone() {
         assert!(st.status.success(), "{args:?}: {}", String::from_utf8_lossy(&st.stderr));
     }
     assert!(d.join("store/tmp/in-flight").exists());
-    first.kill().unwrap();
-    first.wait().unwrap();
+    drop(first);
 }

@@ -12,6 +12,8 @@
 //! binaries decide which threads run it.
 
 pub mod chunker;
+#[cfg(feature = "cli")]
+pub mod clidoc;
 pub mod codec;
 pub mod enc;
 pub mod formats;

@@ -507,6 +507,7 @@ impl Controller {
         let cert = ureq::tls::Certificate::from_pem(&pem).unwrap();
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![cert])))
+            .unversioned_rustls_crypto_provider(pulih_core::tls::provider())
             .build();
         let agent: ureq::Agent =
             ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into();

@@ -496,3 +496,52 @@ fn f22_scheduled_scrub_inside_serve_finds_damage() {
     );
     assert!(ctl.stop(), "serve must stop cleanly with its scrub thread");
 }
+
+/// F18: `catalog.db` replaced by an older copy while the controller was
+/// stopped. Pulih does not detect this (SECURITY.md says so); what it
+/// guarantees is that the rollback loses nothing but the snapshots made
+/// after the copy: the store and the old catalog still verify, the agent's
+/// next snapshot (whose change cache names blobs the old catalog does not
+/// know) is refused at commit, retried without the cache, and restores
+/// identical to the source.
+#[test]
+fn f18_catalog_rolled_back_to_an_older_copy_recovers_on_the_next_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mut ctl = Controller::start(tmp.path());
+    let web = ctl.enroll(tmp.path(), "web");
+    web.add_dataset("www", &[&src], &[]);
+    mutate(&src, 0);
+    let first = web.snapshot().id;
+
+    assert!(ctl.stop());
+    let old = tmp.path().join("catalog-copy");
+    fs::create_dir_all(&old).unwrap();
+    for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+        if ctl.dir.join(f).exists() {
+            fs::copy(ctl.dir.join(f), old.join(f)).unwrap();
+        }
+    }
+    ctl.serve();
+    mutate(&src, 1);
+    let lost = web.snapshot().id;
+
+    assert!(ctl.stop());
+    remove_catalog(&ctl.dir);
+    for e in fs::read_dir(&old).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), ctl.dir.join(e.file_name())).unwrap();
+    }
+    ctl.serve();
+    let ids: Vec<String> = ctl.snapshots().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, [first], "the old catalog lists what it listed when copied (not {lost})");
+    assert!(run(&mut ctl.cmd(&["verify", "--all"])).status.success());
+
+    mutate(&src, 2);
+    let (next, _failures) = snapshot_with_retries(&web);
+    let dest = tmp.path().join("restored");
+    let out = ctl.restore(&next, Some(&src), &dest);
+    assert!(out.status.success(), "restore {next}: {}", String::from_utf8_lossy(&out.stderr));
+    pulih_e2e::assert_same_tree(&src, &dest);
+    assert!(run(&mut ctl.cmd(&["verify", "--all"])).status.success());
+}

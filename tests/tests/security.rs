@@ -1453,3 +1453,124 @@ fn f16_standby_agent_cannot_fetch_a_blob_outside_its_job() {
     let state: String = catalog(&ctl).query_row("SELECT state FROM standby_jobs", [], |r| r.get(0)).unwrap();
     assert_eq!(state, "failed");
 }
+
+/// F36: the controller keeps the only resume state (which verified blobs are
+/// durable for each agent) and trusts no claim of the agent about what it
+/// sent before. A tree naming a chunk the agent says it sent earlier, and a
+/// commit that names the agent's real last snapshot as its parent over a
+/// root never uploaded, are refused. After an upload cut off mid-session,
+/// what the controller answers to `HasChunks` and what it then accepts
+/// agree: a chunk reported missing cannot be referenced without sending it.
+#[test]
+fn f36_resume_claims_of_an_agent_are_not_trusted() {
+    let base = tempfile::tempdir().unwrap();
+    let (ctl, agents, _) = setup(base.path(), &["a"]);
+    let a = &agents[0];
+    let before = ctl.snapshots();
+    let parent: pulih_core::SnapshotId = before[0]["id"].as_str().unwrap().parse().unwrap();
+
+    // A chunk "sent in an earlier session" that never was.
+    let never = bytes(36, 3000);
+    let (tid, plain) = tree_with_chunk("resumed", ChunkId::of(&never), never.len() as u32);
+    let mut c = RawClient::connect(ctl.addr, agent_cfg(a)).unwrap();
+    c.hello();
+    c.send(&put_tree(tid, &plain)).unwrap();
+    let m = expect_error(&mut c, ErrorCode::MissingReference, "tree over a chunk never sent");
+    assert!(m.contains(&ChunkId::of(&never).to_hex()), "{m}");
+
+    // A commit continuing the real last snapshot, over a root never uploaded.
+    let mut c = RawClient::connect(ctl.addr, agent_cfg(a)).unwrap();
+    c.hello();
+    let mut rec = SnapshotRecord::decode(&record("a", tid)).unwrap();
+    rec.parent = Some(parent);
+    c.send(&Message::Commit { record: rec.encode().1 }).unwrap();
+    expect_error(&mut c, ErrorCode::MissingReference, "commit over a root never uploaded");
+
+    // An upload cut off (TCP reset, no close_notify) after one chunk.
+    let cut = bytes(37, 3000);
+    let mut c = RawClient::connect(ctl.addr, agent_cfg(a)).unwrap();
+    c.hello();
+    c.send(&put_chunk(&cut)).unwrap();
+    c.s.sock.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(c);
+    let mut c = RawClient::connect(ctl.addr, agent_cfg(a)).unwrap();
+    c.hello();
+    c.send(&Message::HasChunks { ids: vec![ChunkId::of(&cut)] }).unwrap();
+    let missing = match c.recv() {
+        Reply::Msg(Message::Missing { ids }) => !ids.is_empty(),
+        other => panic!("{other:?}"),
+    };
+    let (tid, plain) = tree_with_chunk("cut", ChunkId::of(&cut), cut.len() as u32);
+    c.send(&put_tree(tid, &plain)).unwrap();
+    if missing {
+        expect_error(&mut c, ErrorCode::MissingReference, "tree over a chunk reported missing");
+    } else {
+        // Reported stored: the controller's own record, so the tree and a
+        // commit over it are accepted and the data verifies.
+        c.send(&Message::Commit { record: record("a", tid) }).unwrap();
+        match c.recv() {
+            Reply::Msg(Message::Committed { .. }) => {}
+            other => panic!("a chunk reported stored could not be used: {other:?}"),
+        }
+    }
+    drop(c);
+
+    let now = ctl.snapshots();
+    let forged = now.iter().filter(|v| v["host"] == "attacker").count();
+    assert_eq!(forged, usize::from(!missing), "only the commit over a stored chunk may land: {now:#?}");
+    assert_still_serving(&ctl, a, &before);
+}
+
+/// Slowloris on the agent port: an authenticated connection that trickles a
+/// frame one byte at a time, or sends nothing after hello, is closed at the
+/// idle timeout (the timeout covers a whole frame, not each byte), and the
+/// controller keeps serving.
+#[test]
+fn slowloris_agent_session_is_closed_at_the_idle_timeout() {
+    const IDLE: u64 = 2;
+    let base = tempfile::tempdir().unwrap();
+    let mut ctl = Controller::init(base.path());
+    let toml = ctl.dir.join("controller.toml");
+    let text = fs::read_to_string(&toml).unwrap();
+    assert!(text.contains("idle_timeout_secs = 300"), "{text}");
+    fs::write(&toml, text.replace("idle_timeout_secs = 300", &format!("idle_timeout_secs = {IDLE}"))).unwrap();
+    ctl.serve();
+    let (ctl, agents, _) = enroll_all(ctl, base.path(), &["a"]);
+    let a = &agents[0];
+    let before = ctl.snapshots();
+    let idle = Duration::from_secs(IDLE);
+
+    std::thread::scope(|s| {
+        let silent = s.spawn(|| {
+            let mut c = RawClient::connect(ctl.addr, agent_cfg(a)).unwrap();
+            c.hello();
+            let t = Instant::now();
+            let r = c.recv();
+            assert!(matches!(r, Reply::Eof | Reply::Failed(_) | Reply::Msg(Message::Error { .. })), "{r:?}");
+            t.elapsed()
+        });
+        let trickle = s.spawn(|| {
+            let mut c = RawClient::connect(ctl.addr, agent_cfg(a)).unwrap();
+            c.hello();
+            let mut frame = Vec::new();
+            protocol::encode(&Message::HasChunks { ids: vec![ChunkId::of(b"x"); 100] }, &mut frame);
+            let t = Instant::now();
+            for b in &frame {
+                if c.send_raw(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+                if t.elapsed() > idle * 4 {
+                    panic!("still accepting bytes {:?} after hello", t.elapsed());
+                }
+            }
+            t.elapsed()
+        });
+        let took = silent.join().unwrap();
+        assert!(took >= idle - Duration::from_millis(300) && took < idle * 3, "silent connection lasted {took:?}");
+        let took = trickle.join().unwrap();
+        assert!(took < idle * 3, "trickled frame kept the connection for {took:?}");
+    });
+    wait_log(&ctl, "idle too long", 2);
+    assert_still_serving(&ctl, a, &before);
+}

@@ -40,9 +40,9 @@ use crate::catalog::{Catalog, CatalogError, Role, TokenAuth};
 use crate::metrics::Metrics;
 use crate::session::Backend;
 
+pub mod drills;
 mod drp;
 pub mod failover;
-pub mod drills;
 mod handlers;
 mod lifecycle;
 pub mod types;

@@ -180,6 +180,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DrillCmd,
     },
+    /// Write man pages or shell completions into DIR (deploy/install.sh runs it).
+    #[command(hide = true)]
+    Generate { kind: pulih_core::clidoc::DocKind, dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -387,8 +390,10 @@ impl Client {
         let pem = std::fs::read(&ca).with_context(|| format!("reading the CA certificate {}", ca.display()))?;
         let cert = ureq::tls::Certificate::from_pem(&pem)
             .map_err(|e| anyhow::anyhow!("{} is not a PEM certificate: {e}", ca.display()))?;
-        let tls =
-            ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert]))).build();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])))
+            .unversioned_rustls_crypto_provider(pulih_core::tls::provider())
+            .build();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)
@@ -784,11 +789,20 @@ fn drill(c: &Client, cmd: DrillCmd, json: bool) -> Result<ExitCode> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // Needs no controller, token or settings file.
+    if let Cmd::Generate { kind, dir } = &cli.cmd {
+        for path in pulih_core::clidoc::generate(<Cli as clap::CommandFactory>::command(), *kind, dir)? {
+            out!("{}", path.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let c = Client::new(&cli)?;
     let json = cli.json;
     match cli.cmd {
         Cmd::Systems => return systems(&c, json),
         Cmd::Drill { cmd } => return drill(&c, cmd, json),
+        // Answered above, before connecting.
+        Cmd::Generate { .. } => {}
         Cmd::Agents { cmd: None } => {
             let r: AgentsResponse = c.call("GET", "/agents", None)?;
             if json {

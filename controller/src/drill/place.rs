@@ -144,7 +144,12 @@ fn restore_on_standby(
         let n = |k: &str| stats.and_then(|s| s.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
         out.files += n("files") + n("unchanged");
         out.bytes += n("bytes");
-        out.datasets.push(RestoredDataset { dir: dir.join(&d.subdir), snapshot: snap.clone(), root, subpath: Vec::new() });
+        out.datasets.push(RestoredDataset {
+            dir: dir.join(&d.subdir),
+            snapshot: snap.clone(),
+            root,
+            subpath: Vec::new(),
+        });
     }
     Ok(out)
 }

@@ -231,7 +231,7 @@ pub fn run(cmd: DrpCmd) -> Result<ExitCode> {
             let cat = dd.catalog()?;
             let templates = settings.templates();
             for lang in [Lang::Id, Lang::En] {
-                let input = settings.systems_input()?;
+                let input = settings.systems_input(&cat)?;
                 let plan = drp::PlanData::gather(
                     &cat,
                     &org,

@@ -480,6 +480,10 @@ keep_within = "7d"
 # organisation.toml in the data directory and the installed (or built-in) templates are used.
 # organisation = "/etc/pulih/organisation.toml"
 # templates = "/usr/local/share/pulih/drp-templates"
+# Sistem dan uji pemulihan diambil dari [systems] dir dan katalog; `systems` menunjuk berkas JSON
+# tetap sebagai gantinya (hanya untuk contoh dan pengujian).
+# Systems and drills come from [systems] dir and the catalog; `systems` names a fixed JSON file
+# instead (for examples and tests only).
 # systems = "systems.json"
 "#
     )

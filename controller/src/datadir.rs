@@ -86,6 +86,7 @@ impl DataDir {
             organisation: cfg.drp.organisation.as_deref().map_or_else(|| self.root.join("organisation.toml"), abs),
             templates,
             systems: cfg.drp.systems.as_deref().map(abs),
+            systems_dir: cfg.systems_dir(&self.root),
         })
     }
 

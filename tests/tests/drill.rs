@@ -227,6 +227,24 @@ fn drills_report_failures_missed_targets_and_dependency_order() {
     let list = ok(&mut ctl.pulihctl(&token, &["systems"]));
     assert!(list.contains("hurt") && list.contains("failed") && list.contains("partial"), "{list}");
 
+    // The DR plan is generated from these live systems and drills (no
+    // fixture file): every system is in it, with its drill evidence.
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/organisation.toml.example"),
+        ctl.dir.join("organisation.toml"),
+    )
+    .unwrap();
+    let plan = ctl.dir.join("plan-en.md");
+    let out = format!("--out={}", plan.display());
+    let gen = run(&mut ctl.cmd(&["drp", "generate", "--lang", "en", "--format", "md", &out]));
+    assert!(gen.status.success(), "{}", stderr(&gen));
+    let text = std::fs::read_to_string(&plan).unwrap().to_lowercase();
+    for name in ["hurt", "base"] {
+        assert!(text.contains(name), "system {name} missing from the plan");
+    }
+    assert!(text.contains("partly passed") && text.contains("failed"), "drill outcomes missing from the plan");
+    assert!(!text.contains("no recovery drill is recorded"), "the drills are not in the plan");
+
     // An invalid set: check names file, line and key; the drill is refused.
     system(&ctl, "bad", &simple("bad", "dc-app01", "nothing", "1 hour", ""));
     let check = run(&mut ctl.cmd(&["systems", "check"]));

@@ -40,6 +40,7 @@ pub mod format;
 pub mod gather;
 pub mod html;
 pub mod labels;
+pub mod live;
 pub mod model;
 pub mod organisation;
 pub mod pdf;
@@ -115,8 +116,11 @@ pub struct DrpSettings {
     pub organisation: PathBuf,
     /// Template directory; `None` = built-in templates.
     pub templates: Option<PathBuf>,
-    /// JSON file with [`SystemsInput`] (until systems live in the catalog).
+    /// A fixed JSON file with [`SystemsInput`] (`[drp] systems`, for
+    /// fixtures and demonstrations); `None`: the live systems and drills.
     pub systems: Option<PathBuf>,
+    /// The system definitions (`[systems] dir`).
+    pub systems_dir: PathBuf,
 }
 
 impl DrpSettings {
@@ -125,11 +129,16 @@ impl DrpSettings {
         Ok(Organisation::load(&self.organisation)?)
     }
 
-    /// The systems and drills to document. The lead wires issue 5 here:
-    /// systems and drills from the catalog instead of a JSON file.
-    pub fn systems_input(&self) -> Result<SystemsInput, DrpError> {
+    /// The systems and drills to document: the definitions in
+    /// `[systems] dir` with the catalog's drills, failovers and system
+    /// states, unless `[drp] systems` names a fixed JSON file.
+    pub fn systems_input(&self, cat: &crate::catalog::Catalog) -> Result<SystemsInput, DrpError> {
         match &self.systems {
-            None => Ok(SystemsInput::default()),
+            None => {
+                let systems = crate::systems::Systems::load(&self.systems_dir)
+                    .map_err(|e| DrpError::Invalid(format!("systems in {}: {e}", self.systems_dir.display())))?;
+                Ok(live::systems_input(&systems, cat)?)
+            }
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(io(format!("reading {}", p.display())))?;
                 serde_json::from_str(&text).map_err(|e| DrpError::Invalid(format!("{}: {e}", p.display())))
@@ -321,7 +330,7 @@ pub fn generate_kind<C: std::ops::DerefMut<Target = Catalog>>(
     let org = settings.organisation()?;
     let templates = settings.templates();
     for _ in 0..3 {
-        let input = settings.systems_input()?;
+        let input = settings.systems_input(&lock())?;
         if let Kind::Drill(id) = kind {
             if !input.drills.iter().any(|d| &d.id == id) {
                 return Err(DrpError::Catalog(CatalogError::NotFound(format!("no drill {id:?}"))));

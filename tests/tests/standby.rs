@@ -127,7 +127,7 @@ fn latest_restored(ctl: &Controller, agent: &str, dataset: &str, into: &Path) ->
 /// activation action there, and the standby then protects the data; failback
 /// brings what changed at the DRC back to the primary with a delta restore.
 #[test]
-fn failover_to_a_standby_and_failback_round_trip_the_outage_data() {
+fn f35_failover_to_a_standby_and_failback_round_trip_the_outage_data() {
     let base = tempfile::tempdir().unwrap();
     let ctl = Controller::start(base.path());
     let prim = ctl.enroll(base.path(), "prim");

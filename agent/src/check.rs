@@ -69,6 +69,7 @@ pub fn run(config: &Path, lang: Lang) -> bool {
     };
     files(&mut r, &settings);
     datasets(&mut r, &settings);
+    standby(&mut r, &settings);
     controller(&mut r, &settings);
     match r.lang {
         Lang::Id if r.problems == 0 => crate::out_line("Semua pemeriksaan lulus."),
@@ -178,6 +179,63 @@ fn datasets(r: &mut Report, s: &Settings) {
                 format!("dataset {} has neither `schedule` nor `continuous = true`: the service never snapshots it", ds.name),
             );
         }
+    }
+}
+
+/// The standby role: its root and the programs of its actions.
+fn standby(r: &mut Report, s: &Settings) {
+    let Some(sb) = &s.standby else { return };
+    let root = sb.root.display();
+    match std::fs::symlink_metadata(&sb.root) {
+        Ok(m) if m.file_type().is_symlink() => r.line(
+            false,
+            format!("[standby] root {root} adalah symlink; tunjuk direktori aslinya"),
+            format!("[standby] root {root} is a symlink; name the real directory"),
+        ),
+        Ok(m) if !m.is_dir() => r.line(
+            false,
+            format!("[standby] root {root} bukan direktori"),
+            format!("[standby] root {root} is not a directory"),
+        ),
+        Ok(m) if m.permissions().mode() & 0o002 != 0 => r.line(
+            false,
+            format!("[standby] root {root} dapat ditulis semua pengguna; jalankan: chmod o-w {root}"),
+            format!("[standby] root {root} is writable by every user; run: chmod o-w {root}"),
+        ),
+        Ok(_) => r.line(
+            true,
+            format!("[standby] aktif: root {root}, {} aksi", sb.actions.len()),
+            format!("[standby] enabled: root {root}, {} action(s)", sb.actions.len()),
+        ),
+        // Created at the first job, when its parent exists.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && sb.root.parent().is_some_and(Path::is_dir) => r.warn(
+            format!("[standby] root {root} belum ada; dibuat pada tugas pertama"),
+            format!("[standby] root {root} does not exist yet; it is created at the first job"),
+        ),
+        Err(e) => r.line(
+            false,
+            format!("[standby] root {root} tidak dapat diperiksa: {e}"),
+            format!("[standby] root {root} cannot be checked: {e}"),
+        ),
+    }
+    for (name, hook) in &sb.actions {
+        if let Hook::Argv(argv) = hook {
+            let prog = argv.first().map(String::as_str).unwrap_or("");
+            if !program_exists(prog) {
+                r.line(
+                    false,
+                    format!("[standby.actions] {name}: {prog:?} tidak ditemukan atau tidak dapat dijalankan"),
+                    format!("[standby.actions] {name}: {prog:?} not found or not executable"),
+                );
+            }
+        }
+    }
+    for d in &sb.protected {
+        r.line(
+            true,
+            format!("dataset {d} dilindungi sejak failover (standby-datasets.toml di direktori state)"),
+            format!("dataset {d} is protected since a failover (standby-datasets.toml in the state directory)"),
+        );
     }
 }
 

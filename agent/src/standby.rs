@@ -24,6 +24,7 @@ use pulih_core::codec;
 use pulih_core::formats::MAX_TREE_LEN;
 use pulih_core::protocol::{Destination, JobSpec, Message};
 use pulih_core::restore::{self, BlobSource, SourceError};
+use pulih_core::restored;
 use pulih_core::{ChunkId, DatasetName, TreeId};
 use tracing::{info, warn};
 
@@ -127,6 +128,14 @@ fn describe(spec: &JobSpec) -> String {
         JobSpec::SnapshotNow { dataset } => format!("snapshot of {dataset}"),
         JobSpec::Protect { dataset, .. } => format!("protect {dataset}"),
         JobSpec::Unprotect { dataset } => format!("unprotect {dataset}"),
+        JobSpec::Verify { snapshot, destination, .. } => format!(
+            "verify {} at {}",
+            snapshot.short(),
+            match destination {
+                Destination::BelowRoot(p) => format!("<root>/{p}"),
+                Destination::DatasetPath(d) => format!("the path of dataset {d}"),
+            }
+        ),
     }
 }
 
@@ -158,6 +167,37 @@ fn below_root(root: &Path, rel: &Path) -> Result<PathBuf> {
     Ok(at)
 }
 
+/// Where a restore or verify job works: below the standby root (created
+/// when `create`, never through a symlink), or a dataset's single path.
+fn destination_path(settings: &Settings, root: &Path, destination: &Destination, create: bool) -> Result<PathBuf> {
+    Ok(match destination {
+        Destination::BelowRoot(rel) if create => below_root(root, &relative(rel)?)?,
+        Destination::BelowRoot(rel) => {
+            let rel = relative(rel)?;
+            let mut at = root.to_owned();
+            for c in rel.components() {
+                at.push(c);
+                let m = std::fs::symlink_metadata(&at).with_context(|| format!("checking {}", at.display()))?;
+                if !m.is_dir() {
+                    bail!("{} is not a directory (a symlink is never followed)", at.display());
+                }
+            }
+            at
+        }
+        Destination::DatasetPath(name) => {
+            let ds = settings
+                .datasets
+                .iter()
+                .find(|d| d.name.as_str() == name)
+                .ok_or_else(|| anyhow!("this agent has no dataset {name:?} to restore onto"))?;
+            match ds.paths.as_slice() {
+                [p] => p.clone(),
+                _ => bail!("dataset {name} has {} paths; failback restores onto a single path", ds.paths.len()),
+            }
+        }
+    })
+}
+
 fn run_job(
     settings: &Settings,
     spec: &JobSpec,
@@ -171,20 +211,7 @@ fn run_job(
         .with_context(|| format!("creating [standby] root {}", standby.root.display()))?;
     match spec {
         JobSpec::Restore { root, destination, only_changed, delete, .. } => {
-            let dest = match destination {
-                Destination::BelowRoot(rel) => below_root(&standby.root, &relative(rel)?)?,
-                Destination::DatasetPath(name) => {
-                    let ds = settings
-                        .datasets
-                        .iter()
-                        .find(|d| d.name.as_str() == name)
-                        .ok_or_else(|| anyhow!("this agent has no dataset {name:?} to restore onto"))?;
-                    match ds.paths.as_slice() {
-                        [p] => p.clone(),
-                        _ => bail!("dataset {name} has {} paths; failback restores onto a single path", ds.paths.len()),
-                    }
-                }
-            };
+            let dest = destination_path(settings, &standby.root, destination, true)?;
             let opts = restore::Options { only_changed: *only_changed, delete: *delete };
             let t0 = Instant::now();
             let stats = restore::restore(&mut JobSource::new(conn), root, &[], &dest, opts)
@@ -217,6 +244,12 @@ fn run_job(
             let mut vars: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
             vars.push(("PULIH_AGENT", settings.agent.to_string()));
             vars.push(("PULIH_STANDBY_ROOT", standby.root.display().to_string()));
+            // Where the job's system was restored, as a path on this host.
+            // (Empty at a failback: the data went to the dataset's own path.)
+            if let Some((_, rel)) = env.iter().find(|(k, v)| k == "PULIH_RESTORE_PATH" && !v.is_empty()) {
+                vars.retain(|(k, _)| *k != "PULIH_RESTORE_DIR");
+                vars.push(("PULIH_RESTORE_DIR", standby.root.join(relative(rel)?).display().to_string()));
+            }
             let o = hooks::run(hook, &vars, standby.action_timeout, cancel);
             let tail: String = {
                 let chars: Vec<char> = o.output.chars().collect();
@@ -267,6 +300,32 @@ fn run_job(
             file.save(&settings.state_dir)?;
             notify(StandbyEvent::Reload);
             Ok((format!("protecting {} as dataset {dataset} ({mode})", path.display()), serde_json::json!({})))
+        }
+        JobSpec::Verify { root, destination, .. } => {
+            let dest = destination_path(settings, &standby.root, destination, false)?;
+            let t0 = Instant::now();
+            let checked = restored::check(&mut JobSource::new(conn), root, &[], &dest);
+            let secs = t0.elapsed().as_secs_f64();
+            let detail = serde_json::json!({ "checked": checked, "seconds": secs, "destination": dest });
+            if checked.problem_count > 0 {
+                // The listed problems travel in the message; the detail is
+                // not kept for a failed job.
+                bail!(
+                    "{} difference(s) from the snapshot in {}:\n{}",
+                    checked.problem_count,
+                    dest.display(),
+                    checked.problems.join("\n")
+                );
+            }
+            Ok((
+                format!(
+                    "verified {}: {} file(s), {} bytes re-read and match the snapshot",
+                    dest.display(),
+                    checked.files,
+                    checked.bytes
+                ),
+                detail,
+            ))
         }
         JobSpec::Unprotect { dataset } => {
             let mut file = StandbyDatasets::load(&settings.state_dir)?;

@@ -188,6 +188,28 @@ pub fn restore_on_standby(
     run_job(cat, agent, &job, failover_id, actor, waits)
 }
 
+/// Has the standby agent re-read what a restore of `snapshot` left below
+/// its root at `below_root` and compare it with the snapshot's chunk hashes.
+/// The job fails, listing the differences, when anything differs.
+pub fn verify_on_standby(
+    cat: &Mutex<Catalog>,
+    store: &Store,
+    agent: &str,
+    snapshot: &SnapshotRow,
+    below_root: &str,
+    actor: &str,
+    waits: Waits,
+) -> Result<JobRow, FailoverError> {
+    let root = data_root(cat, store, snapshot)?;
+    let job = JobRequest::Verify {
+        snapshot: snapshot.id.clone(),
+        root: root.to_hex(),
+        below_root: Some(below_root.into()),
+        dataset: None,
+    };
+    run_job(cat, agent, &job, None, actor, waits)
+}
+
 /// Runs the action `name` of `agent`'s `[standby.actions]`; `env` names
 /// must be `PULIH_*`. `waits.run` should be the step's timeout plus a margin.
 pub fn run_agent_action(

@@ -80,7 +80,7 @@ impl JobSession {
             }
         };
         let mut cur = Current { id: job.id, trees: HashSet::new(), chunks: HashMap::new() };
-        if let JobSpec::Restore { root, .. } = &spec {
+        if let JobSpec::Restore { root, .. } | JobSpec::Verify { root, .. } = &spec {
             cur.trees.insert(*root);
         }
         info!(agent = %self.agent, job = job.id, kind = spec.kind(), "standby job handed out");

@@ -23,6 +23,7 @@ pub mod names;
 pub mod protocol;
 pub mod report;
 pub mod restore;
+pub mod restored;
 pub mod snapshot;
 pub mod tls;
 pub mod tree;

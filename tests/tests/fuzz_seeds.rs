@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use pulih_agent::cache::{CacheEntry, CacheKind, DirRecord, PackReader, PackWriter, Totals};
 use pulih_core::codec;
-use pulih_core::protocol::{encode, DatasetReport, ErrorCode, Message};
+use pulih_core::protocol::{encode, DatasetReport, Destination, ErrorCode, JobSpec, Message};
 use pulih_core::snapshot::{SnapshotIssue, SnapshotRecord, SnapshotStats};
 use pulih_core::tree::{Entry, EntryName, Node, Segment, Tree};
 use pulih_core::{AgentName, ChunkId, DatasetName, SnapshotId, TreeId};
@@ -94,6 +94,38 @@ fn generate() -> Vec<(String, String, Vec<u8>)> {
         ("report-ok", Message::ReportOk { repair: vec![chunk_id] }),
         ("renew", Message::Renew { csr_der: csr.clone() }),
         ("renewed", Message::Renewed { cert_der: cert }),
+        (
+            "job-restore",
+            Message::JobOffer {
+                id: 7,
+                spec: JobSpec::Restore {
+                    snapshot: snap_id,
+                    root: tree_id,
+                    destination: Destination::BelowRoot("simpeg/db".into()),
+                    only_changed: true,
+                    delete: true,
+                },
+            },
+        ),
+        (
+            "job-action",
+            Message::JobOffer {
+                id: 8,
+                spec: JobSpec::RunAction { name: "start".into(), env: vec![("PULIH_SYSTEM".into(), "simpeg".into())] },
+            },
+        ),
+        (
+            "job-verify",
+            Message::JobOffer {
+                id: 9,
+                spec: JobSpec::Verify {
+                    snapshot: snap_id,
+                    root: tree_id,
+                    destination: Destination::DatasetPath("db".into()),
+                },
+            },
+        ),
+        ("fetch-chunks", Message::FetchChunks { ids: vec![chunk_id] }),
     ];
     let mut stream = Vec::new();
     for (name, msg) in &messages {

@@ -217,3 +217,110 @@ fn f35_failover_to_a_standby_and_failback_round_trip_the_outage_data() {
     let o = run(&mut ctl.pulihctl(&auditor, &["failback", "web", "--to", "prim"]));
     assert!(!o.status.success(), "an auditor may not fail back");
 }
+
+/// Runs `pulihctl drill run SYSTEM` and returns (exit code, `drill show --json` of it).
+fn drill_run(ctl: &Controller, token: &str, system: &str) -> (i32, Value) {
+    let out = run(&mut ctl.pulihctl(token, &["drill", "run", system]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Drill ").and_then(|r| r.split_whitespace().next()))
+        .unwrap_or_else(|| panic!("no drill id in: {text}\n{}", String::from_utf8_lossy(&out.stderr)))
+        .to_owned();
+    let show = json(&ok(&mut ctl.pulihctl(token, &["--json", "drill", "show", &id])));
+    (out.status.code().unwrap_or(-1), show)
+}
+
+/// (kind, name, outcome, output) of every step of a drill.
+fn drill_steps(show: &Value) -> Vec<(String, String, String, String)> {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    show["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (s(&v["kind"]), s(&v["name"]), s(&v["outcome"]), s(&v["output"])))
+        .collect()
+}
+
+/// A drill onto a standby agent: the agent restores the system below its
+/// root, re-reads the copy on its own host against the snapshot's chunk
+/// hashes (a `verify` job), and runs the actions the system names as health
+/// checks there, with `PULIH_RESTORE_DIR` pointing at the copy on that host.
+/// An action the agent does not declare fails the drill with the reason.
+#[test]
+fn drill_onto_a_standby_agent_verifies_on_that_host_and_runs_its_actions() {
+    let base = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(base.path());
+    let prim = ctl.enroll(base.path(), "prim");
+    let src = base.path().join("prim-data");
+    write_tree(&src);
+    prim.add_dataset("www", &[&src], &[]);
+    prim.snapshot();
+    let sb = ctl.enroll(base.path(), "sb");
+    let sb_root = base.path().join("sb-root");
+    // The check reads a restored file where the agent says the copy is.
+    sb.append_config(&format!(
+        "[standby]\nenabled = true\nroot = {:?}\npoll_interval = \"300ms\"\naction_timeout = \"30s\"\n\n[standby.actions]\n\
+         check = [\"sh\", \"-c\", \"test $(wc -c < \\\"$PULIH_RESTORE_DIR/www/sub/deeper/d\\\") = 10 && echo copy at $PULIH_RESTORE_DIR\"]\n",
+        sb_root.to_str().unwrap()
+    ));
+    // `check` reports the standby role: a root yet to be made is a warning,
+    // an action whose program is missing is a problem.
+    let out = ok(&mut sb.cmd(&["check", "--lang", "en"]));
+    assert!(out.contains("WARNING [standby] root") && out.contains("does not exist yet"), "{out}");
+    sb.append_config("bad = [\"/nonexistent/pulih-action\"]\n");
+    let o = run(&mut sb.cmd(&["check", "--lang", "en"]));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !o.status.success() && text.contains("[standby.actions] bad: \"/nonexistent/pulih-action\" not found"),
+        "{text}"
+    );
+    let cfg = fs::read_to_string(&sb.config).unwrap().replace("bad = [\"/nonexistent/pulih-action\"]\n", "");
+    fs::write(&sb.config, cfg).unwrap();
+    let sb_daemon = sb.start_daemon();
+    let system = |check: &str| {
+        let dir = ctl.dir.join("systems");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("web.toml"),
+            format!(
+                "[system]\nname = \"web\"\ntitle = \"Website Pemkot\"\nopd = \"Diskominfotik\"\ndata_class = \"pokok\"\n\
+                 tier = 1\nrpo_target = \"1h\"\nrto_target = \"1h\"\n\n[[dataset]]\nagent = \"prim\"\ndataset = \"www\"\n\n\
+                 [restore]\nstandby = \"sb\"\npath = \"drill/web\"\n\n[[health_check]]\nname = \"berkas terbaca\"\n\
+                 agent_action = {check:?}\ntimeout = \"30s\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    system("check");
+    let token = ctl.api_token("koordinator", "coordinator");
+
+    let (code, show) = drill_run(&ctl, &token, "web");
+    let steps = drill_steps(&show);
+    assert_eq!(code, 0, "{show:#}\n{}", sb_daemon.log());
+    assert_eq!(show["drill"]["outcome"], "passed", "{show:#}");
+    let copy = sb_root.join("drill/web/www");
+    assert_same_tree(&src, &copy);
+    let verify = steps.iter().find(|s| s.0 == "verify").unwrap_or_else(|| panic!("{steps:?}"));
+    assert_eq!(verify.2, "passed", "{steps:?}");
+    assert!(verify.3.starts_with("6 file(s)") && verify.3.contains("re-read"), "{steps:?}");
+    let check = steps.iter().find(|s| s.0 == "check").unwrap_or_else(|| panic!("{steps:?}"));
+    assert_eq!(check.2, "passed", "{steps:?}");
+    assert!(check.3.contains(&format!("copy at {}", sb_root.join("drill/web").display())), "{steps:?}");
+    // The re-read ran on the standby, as its own job.
+    let jobs = json(&ok(&mut ctl.cmd(&["jobs", "--agent", "sb", "--json"])));
+    let v = jobs.as_array().unwrap().iter().find(|j| j["kind"] == "verify").unwrap_or_else(|| panic!("{jobs:#}"));
+    assert_eq!(v["state"], "done", "{v}");
+    assert_eq!(v["result"]["checked"]["files"], 6, "{v}");
+    assert_eq!(v["created_by"], "drill", "{v}");
+
+    // An action the standby's agent.toml does not declare: the drill fails and says why.
+    system("not-declared");
+    let (code, show) = drill_run(&ctl, &token, "web");
+    assert_ne!(code, 0, "{show:#}");
+    assert_eq!(show["drill"]["outcome"], "failed", "{show:#}");
+    let steps = drill_steps(&show);
+    let check = steps.iter().find(|s| s.0 == "check").unwrap_or_else(|| panic!("{steps:?}"));
+    assert_eq!(check.2, "failed", "{steps:?}");
+    assert!(check.3.contains("not declared in [standby.actions]"), "{steps:?}");
+}

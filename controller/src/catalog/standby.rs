@@ -46,6 +46,16 @@ pub enum JobRequest {
     Unprotect {
         dataset: String,
     },
+    /// Re-read a restored copy below the standby root (`below_root`) or at
+    /// the agent's own dataset path (`dataset`) and compare it with the snapshot.
+    Verify {
+        snapshot: String,
+        root: String,
+        #[serde(default)]
+        below_root: Option<String>,
+        #[serde(default)]
+        dataset: Option<String>,
+    },
 }
 
 impl JobRequest {
@@ -56,23 +66,30 @@ impl JobRequest {
             JobRequest::SnapshotNow { .. } => "snapshot-now",
             JobRequest::Protect { .. } => "protect",
             JobRequest::Unprotect { .. } => "unprotect",
+            JobRequest::Verify { .. } => "verify",
         }
     }
 
     /// The wire form.
     pub fn to_spec(&self) -> Result<JobSpec, CatalogError> {
         let bad = |e: String| CatalogError::Invalid(e);
+        let destination = |below_root: Option<String>, dataset: Option<String>| match (below_root, dataset) {
+            (Some(p), None) => Ok(Destination::BelowRoot(p)),
+            (None, Some(d)) => Ok(Destination::DatasetPath(d)),
+            _ => Err(bad(format!("a {} job needs exactly one of below_root and dataset", self.kind()))),
+        };
         Ok(match self.clone() {
             JobRequest::Restore { snapshot, root, below_root, dataset, only_changed, delete } => JobSpec::Restore {
                 snapshot: snapshot.parse().map_err(|e| bad(format!("snapshot {snapshot}: {e}")))?,
                 root: root.parse().map_err(|e| bad(format!("tree {root}: {e}")))?,
-                destination: match (below_root, dataset) {
-                    (Some(p), None) => Destination::BelowRoot(p),
-                    (None, Some(d)) => Destination::DatasetPath(d),
-                    _ => return Err(bad("a restore job needs exactly one of below_root and dataset".into())),
-                },
+                destination: destination(below_root, dataset)?,
                 only_changed,
                 delete,
+            },
+            JobRequest::Verify { snapshot, root, below_root, dataset } => JobSpec::Verify {
+                snapshot: snapshot.parse().map_err(|e| bad(format!("snapshot {snapshot}: {e}")))?,
+                root: root.parse().map_err(|e| bad(format!("tree {root}: {e}")))?,
+                destination: destination(below_root, dataset)?,
             },
             JobRequest::RunAction { name, env } => JobSpec::RunAction { name, env },
             JobRequest::SnapshotNow { dataset } => JobSpec::SnapshotNow { dataset },

@@ -36,6 +36,9 @@ pub struct RestoredDataset {
     pub snapshot: SnapshotRow,
     pub root: TreeId,
     pub subpath: Vec<Vec<u8>>,
+    /// On a standby agent: the agent and the directory below its
+    /// `[standby] root` (the data is on that host, not here).
+    pub standby: Option<(String, PathBuf)>,
 }
 
 /// Why a restore did not complete.
@@ -108,7 +111,7 @@ pub fn restore_place(
             }
             Err(e) => return Err(PlaceError::Failed(format!("restoring {}/{}: {e}", d.agent, d.dataset))),
         }
-        out.datasets.push(RestoredDataset { dir: dest, snapshot: snap.clone(), root, subpath });
+        out.datasets.push(RestoredDataset { dir: dest, snapshot: snap.clone(), root, subpath, standby: None });
     }
     Ok(out)
 }
@@ -149,9 +152,39 @@ fn restore_on_standby(
             snapshot: snap.clone(),
             root,
             subpath: Vec::new(),
+            standby: Some((agent.to_owned(), below)),
         });
     }
     Ok(out)
+}
+
+/// Has the standby agent re-read a dataset it restored and compare it with
+/// the snapshot ([`pulih_core::restored`] on the agent's host).
+/// `Err` carries the agent's message, with the differences it found.
+pub fn verify_on_standby(
+    store: &Store,
+    cat: &std::sync::Mutex<Catalog>,
+    agent: &str,
+    below: &Path,
+    snapshot: &SnapshotRow,
+) -> Result<pulih_core::restored::Checked, String> {
+    let job = crate::failover::verify_on_standby(
+        cat,
+        store,
+        agent,
+        snapshot,
+        &below.to_string_lossy(),
+        "drill",
+        crate::failover::Waits::default(),
+    )
+    .map_err(|e| format!("verifying on {agent}: {e}"))?;
+    if job.state != "done" {
+        return Err(job.message.unwrap_or_else(|| format!("verify job {} {}", job.id, job.state)));
+    }
+    job.result
+        .and_then(|r| r.get("checked").cloned())
+        .and_then(|c| serde_json::from_value(c).ok())
+        .ok_or_else(|| format!("verify job {} on {agent} reported no result", job.id))
 }
 
 /// Runs an action declared in the standby agent's `agent.toml` through the

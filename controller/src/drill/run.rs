@@ -181,8 +181,16 @@ pub fn system(
 }
 
 fn env_of(ctx: &Ctx<'_>, sys: &System, row: &DrillSystemRow) -> Vec<(&'static str, String)> {
+    let place = match &sys.restore {
+        // On a standby host: the path below its [standby] root; the agent
+        // turns it into PULIH_RESTORE_DIR for its actions.
+        crate::systems::RestorePlace::Standby { path, .. } => ("PULIH_RESTORE_PATH", path.display().to_string()),
+        crate::systems::RestorePlace::Sandbox => {
+            ("PULIH_RESTORE_DIR", ctx.sandbox.join(sys.name.as_str()).display().to_string())
+        }
+    };
     vec![
-        ("PULIH_RESTORE_DIR", ctx.sandbox.join(sys.name.as_str()).display().to_string()),
+        place,
         ("PULIH_SYSTEM", sys.name.to_string()),
         ("PULIH_DRILL_ID", ctx.drill_id.to_string()),
         ("PULIH_SNAPSHOT_IDS", row.snapshots.iter().map(|s| s.snapshot.as_str()).collect::<Vec<_>>().join(",")),
@@ -255,18 +263,21 @@ fn restore_verify_check(
     ctx.db(|c| c.drill_system_put(row));
 
     let (verified, out) = ctx.step(name, "verify", "verify", || {
-        if let crate::systems::RestorePlace::Standby { agent, .. } = &sys.restore {
-            // The files are on the standby host: its restore writer rehashed
-            // every tree and chunk before writing it (pulih_core::restore),
-            // and the job would have failed on any mismatch.
-            return (true, format!("verified by standby agent {agent} while writing: every tree and chunk rehashed"));
-        }
         let mut files = 0;
         let mut bytes = 0;
         let mut problems = Vec::new();
         let mut count = 0;
         for d in &r.datasets {
-            let c = verify::restored(ctx.store, &d.root, &d.subpath, &d.dir);
+            let c = match &d.standby {
+                // The files are on the standby host: its agent re-reads them.
+                Some((agent, below)) => {
+                    match place::verify_on_standby(ctx.store, ctx.catalog, agent, below, &d.snapshot) {
+                        Ok(c) => c,
+                        Err(e) => return (false, e),
+                    }
+                }
+                None => verify::restored(ctx.store, &d.root, &d.subpath, &d.dir),
+            };
             files += c.files;
             bytes += c.bytes;
             count += c.problem_count;

@@ -54,6 +54,9 @@ pub enum JobSpec {
     Protect { dataset: String, relative_path: String, mode: String },
     /// Stop protecting a dataset added by `Protect`.
     Unprotect { dataset: String },
+    /// Re-read what a restore of `snapshot` (root tree `root`) left at
+    /// `destination` and compare it with the snapshot's chunk hashes.
+    Verify { snapshot: SnapshotId, root: TreeId, destination: Destination },
 }
 
 const K_RESTORE: u8 = 1;
@@ -61,6 +64,30 @@ const K_ACTION: u8 = 2;
 const K_SNAPSHOT: u8 = 3;
 const K_PROTECT: u8 = 4;
 const K_UNPROTECT: u8 = 5;
+const K_VERIFY: u8 = 6;
+
+impl Destination {
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            Destination::BelowRoot(p) => {
+                w.u8(1);
+                w.str(p);
+            }
+            Destination::DatasetPath(d) => {
+                w.u8(2);
+                w.str(d);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match r.u8("destination kind")? {
+            1 => Destination::BelowRoot(r.str("destination", MAX_JOB_TEXT)?.to_owned()),
+            2 => Destination::DatasetPath(r.str("destination dataset", MAX_JOB_TEXT)?.to_owned()),
+            o => return Err(r.invalid("destination kind", format!("unknown kind {o}"))),
+        })
+    }
+}
 
 impl JobSpec {
     /// Short name for logs and the catalog.
@@ -71,6 +98,7 @@ impl JobSpec {
             JobSpec::SnapshotNow { .. } => "snapshot-now",
             JobSpec::Protect { .. } => "protect",
             JobSpec::Unprotect { .. } => "unprotect",
+            JobSpec::Verify { .. } => "verify",
         }
     }
 
@@ -81,16 +109,7 @@ impl JobSpec {
                 w.u8(K_RESTORE);
                 w.raw(snapshot.as_bytes());
                 w.raw(root.as_bytes());
-                match destination {
-                    Destination::BelowRoot(p) => {
-                        w.u8(1);
-                        w.str(p);
-                    }
-                    Destination::DatasetPath(d) => {
-                        w.u8(2);
-                        w.str(d);
-                    }
-                }
+                destination.encode(w);
                 w.u8(u8::from(*only_changed) | (u8::from(*delete) << 1));
             }
             JobSpec::RunAction { name, env } => {
@@ -116,6 +135,12 @@ impl JobSpec {
                 w.u8(K_UNPROTECT);
                 w.str(dataset);
             }
+            JobSpec::Verify { snapshot, root, destination } => {
+                w.u8(K_VERIFY);
+                w.raw(snapshot.as_bytes());
+                w.raw(root.as_bytes());
+                destination.encode(w);
+            }
         }
     }
 
@@ -132,11 +157,7 @@ impl JobSpec {
             K_RESTORE => {
                 let snapshot = SnapshotId::from_bytes(r.array("snapshot id")?);
                 let root = TreeId::from_bytes(r.array("root tree")?);
-                let destination = match r.u8("destination kind")? {
-                    1 => Destination::BelowRoot(text(r, "destination")?),
-                    2 => Destination::DatasetPath(text(r, "destination dataset")?),
-                    o => return Err(r.invalid("destination kind", format!("unknown kind {o}"))),
-                };
+                let destination = Destination::decode(r)?;
                 let flags = r.u8("restore flags")?;
                 if flags > 3 {
                     return Err(r.invalid("restore flags", format!("unknown bits {flags:#04x}")));
@@ -159,6 +180,11 @@ impl JobSpec {
                 mode: text(r, "mode")?,
             },
             K_UNPROTECT => JobSpec::Unprotect { dataset: text(r, "dataset")? },
+            K_VERIFY => JobSpec::Verify {
+                snapshot: SnapshotId::from_bytes(r.array("snapshot id")?),
+                root: TreeId::from_bytes(r.array("root tree")?),
+                destination: Destination::decode(r)?,
+            },
             o => return Err(r.invalid("job kind", format!("unknown kind {o}; upgrade pulih-agent"))),
         })
     }
@@ -190,6 +216,11 @@ pub(crate) mod tests {
                 mode
             }),
             text.prop_map(|dataset| JobSpec::Unprotect { dataset }),
+            (any::<[u8; 32]>(), any::<[u8; 32]>(), text, any::<bool>()).prop_map(|(s, t, p, ds)| JobSpec::Verify {
+                snapshot: SnapshotId::from_bytes(s),
+                root: TreeId::from_bytes(t),
+                destination: if ds { Destination::DatasetPath(p) } else { Destination::BelowRoot(p) },
+            }),
         ]
     }
 

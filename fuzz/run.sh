@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS (default 60) each and prints one line of
-# results per target. Usage: fuzz/run.sh [SECONDS] [TARGET...]
+# results per target. Usage: [PULIH_FUZZ_PROFILE=dev] fuzz/run.sh [SECONDS] [TARGET...]
 #
 # Inputs: the checked-in seeds (fuzz/seeds/<target>, made by
 # `cargo run --manifest-path fuzz/Cargo.toml --example gen_seeds`), earlier
@@ -30,7 +30,14 @@ fi
 
 # -a: debug assertions and overflow checks on, so an arithmetic overflow on
 # hostile input is found here rather than wrapping silently in release.
+# PULIH_FUZZ_PROFILE=dev builds without optimisation (CI's short runs: the
+# optimised, instrumented build of every dependency costs most of their
+# time; fewer executions per second matter little over 10 s). Long runs keep
+# the default, release.
 build=(-a)
+if [ "${PULIH_FUZZ_PROFILE:-release}" = dev ]; then
+    build=(--dev)
+fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <("${cargo[@]}" fuzz list)

@@ -66,7 +66,7 @@ const GUIDES: [(&str, &str); 3] = [
 ];
 
 /// Blocks marked `console no-test` per guide: change on purpose only.
-const NO_TEST_BLOCKS: [usize; 3] = [15, 3, 0];
+const NO_TEST_BLOCKS: [usize; 3] = [15, 3, 1];
 
 /// Standard paths of a real installation: a command that reaches one (by a
 /// default the guide left out) would change the machine running the test.

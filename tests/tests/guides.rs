@@ -607,7 +607,8 @@ impl World {
     fn start_agent(&mut self, host: &str) {
         assert!(!self.agents.contains_key(host), "an agent runs already on {host}");
         let config = self.host_dir(host).join("etc/pulih/agent.toml");
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.root.join(host).join("agent.log")).unwrap();
+        let log =
+            fs::OpenOptions::new().create(true).append(true).open(self.root.join(host).join("agent.log")).unwrap();
         let child = self
             .command(host, bin("pulih-agent").to_str().unwrap())
             .arg("run")

@@ -456,7 +456,8 @@ fn systems_cmd(cmd: SystemsCmd) -> Result<std::process::ExitCode> {
     for s in loaded.in_order() {
         out!(
             "{:<20} {:<14} {:>4} {:>6} {:>6} {:>7}  {}{}",
-            s.name,
+            // Display of a name ignores width: pad its text.
+            s.name.as_str(),
             s.opd,
             s.tier,
             secs(s.rpo_target),
@@ -1088,7 +1089,8 @@ fn print_tokens(rows: &[pulih_controller::catalog::ApiTokenRow]) {
         out!(
             "{:<20} {:<12} {:<8} {:<26} {:<26} {}",
             r.name,
-            r.role,
+            // Display of the role ignores width: pad its text.
+            r.role.to_string(),
             state,
             t(r.expires_at),
             t(r.last_used_at),

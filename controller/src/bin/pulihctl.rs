@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 /// Remote control of a Pulih controller over its HTTPS API.
 #[derive(Parser)]
-#[command(name = "pulihctl", version, about)]
+#[command(name = "pulihctl", version)]
 struct Cli {
     /// API address of the controller, e.g. https://drc.example:7444.
     #[arg(long, global = true, env = "PULIHCTL_CONTROLLER")]

@@ -796,6 +796,46 @@ mod tests {
         assert!(!written.starts_with(b"evil"), "damaged data reached the restored file");
     }
 
+    /// F8: the first read of a chunk returns flipped bytes, a second read
+    /// is good. The writer rehashes what it got, refuses the bad copy (no
+    /// byte of it reaches the file), keeps nothing of it, and the next
+    /// attempt reads afresh and restores the right content. The same holds
+    /// for the delta mode over a copy the bad attempt left behind.
+    #[test]
+    fn f8_a_flipped_first_read_is_refused_and_the_retry_reads_afresh() {
+        struct FlipOnce {
+            mem: Mem,
+            flipped: bool,
+        }
+        impl BlobSource for FlipOnce {
+            fn tree(&mut self, id: &TreeId) -> Result<Vec<u8>, SourceError> {
+                self.mem.tree(id)
+            }
+            fn chunk(&mut self, id: &ChunkId, len: u32) -> Result<Vec<u8>, SourceError> {
+                let mut data = self.mem.chunk(id, len)?;
+                if !self.flipped {
+                    self.flipped = true;
+                    data[3] ^= 0x20;
+                }
+                Ok(data)
+            }
+        }
+        let (dir, mut mem, _) = setup();
+        let f = mem.file("f", b"good content", 0);
+        let root = mem.put_tree(vec![f]);
+        let mut src = FlipOnce { mem, flipped: false };
+        let dest = dir.path().join("dest");
+        let err = restore(&mut src, &root, &[], &dest, Options::default()).unwrap_err();
+        assert!(err.to_string().contains("damaged") && err.to_string().contains("/f"), "{err}");
+        let left = std::fs::read(dest.join("f")).unwrap_or_default();
+        assert!(!left.windows(4).any(|w| w == b"good" || w == b"gooD"), "bytes of the bad read were written: {left:?}");
+        // The retry, into the same (now not empty) destination, in delta mode.
+        let opts = Options { only_changed: true, delete: true };
+        restore(&mut src, &root, &[], &dest, opts).unwrap();
+        assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"good content");
+        assert_eq!(src.mem.chunk_reads, 2, "the retry must read the chunk again, not reuse the first copy");
+    }
+
     /// Delta mode writes only what differs, keeps what matches, removes
     /// extras with `delete`, and leaves extras without it.
     #[test]

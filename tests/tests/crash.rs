@@ -27,6 +27,10 @@ fn count_blobs(dir: &Path) -> usize {
 }
 
 fn all_chunk_files(dir: &Path) -> Vec<PathBuf> {
+    all_blob_files(dir, "chunks")
+}
+
+fn all_blob_files(dir: &Path, kind: &str) -> Vec<PathBuf> {
     fn walk(p: &Path, out: &mut Vec<PathBuf>) {
         for e in fs::read_dir(p).unwrap().flatten() {
             if e.file_type().unwrap().is_dir() {
@@ -37,7 +41,8 @@ fn all_chunk_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
-    walk(&dir.join("store/chunks"), &mut out);
+    walk(&dir.join("store").join(kind), &mut out);
+    out.retain(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.len() == 64));
     out.sort();
     out
 }
@@ -178,6 +183,45 @@ fn f22_damaged_chunks_are_named_by_verify_and_refused_by_restore() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("victim-") && err.contains("damaged") || err.contains("missing"), "{err}");
+}
+
+/// F21: type confusion in the store. A tree's stored bytes planted under a
+/// chunk's name, and a chunk's under a tree's name, are both well-formed
+/// zstd frames of the right kind of size: verify still finds both (the
+/// content does not hash to the name, or does not decode as a tree), names
+/// them, and a restore refuses them.
+#[test]
+fn f21_a_tree_planted_as_a_chunk_and_a_chunk_as_a_tree_are_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/one"), bytes(1, 50_000)).unwrap();
+    fs::write(src.join("two"), bytes(2, 50_000)).unwrap();
+    let ctl = Controller::start(tmp.path());
+    let agent = ctl.enroll(tmp.path(), "opd");
+    agent.add_dataset("d", &[&src], &[]);
+    let snap = agent.snapshot();
+    ok(&mut ctl.cmd(&["verify", "--all"]));
+
+    let chunks = all_chunk_files(&ctl.dir);
+    let trees = all_blob_files(&ctl.dir, "trees");
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
+    assert!(trees.len() >= 2, "{trees:?}");
+    let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_owned();
+    let confused = |victim: &Path, planted: &Path, what: &str| {
+        let original = fs::read(victim).unwrap();
+        fs::copy(planted, victim).unwrap();
+        let out = run(&mut ctl.cmd(&["verify", &snap.id]));
+        assert_eq!(out.status.code(), Some(2), "verify must fail on {what}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&name(victim)), "{what}: not named:\n{text}");
+        let out = ctl.restore(&snap.id, Some(&src), &tmp.path().join(format!("r-{}", name(victim))));
+        assert!(!out.status.success(), "{what}: a restore through it must fail");
+        fs::write(victim, original).unwrap();
+        ok(&mut ctl.cmd(&["verify", &snap.id]));
+    };
+    confused(&chunks[0], &trees[0], "a tree's frame under a chunk's name");
+    confused(&trees[trees.len() - 1], &chunks[1], "a chunk's frame under a tree's name");
 }
 
 /// F5: the controller's disk fills up during an upload: the upload fails

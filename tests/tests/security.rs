@@ -1574,3 +1574,60 @@ fn slowloris_agent_session_is_closed_at_the_idle_timeout() {
     wait_log(&ctl, "idle too long", 2);
     assert_still_serving(&ctl, a, &before);
 }
+
+/// Slowloris on the HTTPS API: a client that never finishes the TLS
+/// handshake and one that trickles a request's headers a byte at a time
+/// are both cut within the API's 10 s header/handshake limit (the limit
+/// covers the whole header, not each byte), and the API keeps answering
+/// others meanwhile.
+#[test]
+fn slowloris_api_connections_are_cut_and_the_api_keeps_serving() {
+    const LIMIT: Duration = Duration::from_secs(10);
+    let base = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(base.path());
+    let api = ctl.api;
+    let ca = controller_ca(&ctl);
+    std::thread::scope(|s| {
+        // TCP only: never a ClientHello.
+        let silent = s.spawn(move || {
+            let mut t = TcpStream::connect(api).unwrap();
+            t.set_read_timeout(Some(LIMIT * 3)).unwrap();
+            let start = Instant::now();
+            let mut buf = [0u8; 64];
+            let n = t.read(&mut buf).unwrap_or(0);
+            (n, start.elapsed())
+        });
+        // TLS done, then "GET /api/v1/snapshots HTTP/1.1 ..." at 4 bytes per second.
+        let trickle = s.spawn(move || {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca).unwrap();
+            let cfg = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let conn = ClientConnection::new(Arc::new(cfg), ServerName::try_from("127.0.0.1").unwrap()).unwrap();
+            let mut tls = StreamOwned::new(conn, TcpStream::connect(api).unwrap());
+            let request = b"GET /api/v1/snapshots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nothing-to-see-here\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+            let start = Instant::now();
+            for b in request.iter() {
+                if tls.write_all(&[*b]).and_then(|_| tls.flush()).is_err() {
+                    return start.elapsed();
+                }
+                std::thread::sleep(Duration::from_millis(250));
+                assert!(start.elapsed() < LIMIT * 3, "still accepting header bytes after {:?}", start.elapsed());
+            }
+            // Everything sent (would take ~40 s): the server must have cut us before.
+            panic!("the whole trickled request was accepted in {:?}", start.elapsed());
+        });
+        // Meanwhile the API answers a normal client.
+        std::thread::sleep(Duration::from_secs(2));
+        let (status, _) = ctl.http("GET", "/api/v1/openapi.json", None, None);
+        assert_eq!(status, 200, "the API stopped answering during the slow clients");
+        let (n, took) = silent.join().unwrap();
+        assert_eq!(n, 0, "the silent connection got bytes");
+        assert!(took >= LIMIT - Duration::from_secs(1) && took < LIMIT * 2, "silent connection lasted {took:?}");
+        let took = trickle.join().unwrap();
+        assert!(took < LIMIT * 2, "trickled headers kept the connection for {took:?}");
+    });
+}

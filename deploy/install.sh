@@ -113,7 +113,7 @@ if ((controller)) && [[ -x $bin_dir/pulihctl ]]; then
     binaries+=(pulihctl)
 fi
 
-for f in pulih-controller.service pulih-agent.service controller.toml.example agent.toml.example; do
+for f in pulih-controller.service pulih-agent.service controller.toml.example agent.toml.example systems/simpeg.toml.example; do
     [[ -f $script_dir/$f ]] || die "$script_dir/$f tidak ada / $script_dir/$f is missing"
 done
 
@@ -252,6 +252,8 @@ if ((controller)); then
     install_file "$script_dir/controller.toml.example" /etc/pulih/controller.toml.example 0644
     say "Memasang contoh /etc/pulih/organisation.toml.example / Installing example /etc/pulih/organisation.toml.example"
     install_file "$script_dir/organisation.toml.example" /etc/pulih/organisation.toml.example 0644
+    say "Memasang contoh /etc/pulih/systems/simpeg.toml.example / Installing example /etc/pulih/systems/simpeg.toml.example"
+    install_file "$script_dir/systems/simpeg.toml.example" /etc/pulih/systems/simpeg.toml.example 0644
     # Templates of the DR plan, read at run time ([drp] templates); editable copies.
     templates_src="$script_dir/../drp-templates"
     if [[ -d $templates_src ]]; then

@@ -153,8 +153,8 @@ enum Cmd {
         /// Standby agent (default: the system's [restore] standby).
         #[arg(long)]
         to: Option<String>,
-        /// Seconds an agent may take to ask for its job.
-        #[arg(long)]
+        /// How long an agent may take to ask for its job, e.g. "2m" (default 2m).
+        #[arg(long, value_parser = pickup_secs)]
         pickup_timeout: Option<u64>,
     },
     /// Bring a failed-over system back to its rebuilt primary (coordinator).
@@ -163,7 +163,8 @@ enum Cmd {
         /// The rebuilt primary's agent (runs pulih-agent with [standby] enabled).
         #[arg(long)]
         to: String,
-        #[arg(long)]
+        /// How long an agent may take to ask for its job, e.g. "2m" (default 2m).
+        #[arg(long, value_parser = pickup_secs)]
         pickup_timeout: Option<u64>,
     },
     /// Failovers and failbacks; with an id, that one with its steps.
@@ -1203,4 +1204,9 @@ fn show_failovers(rows: &[FailoverRow], json: bool, steps: bool) -> Result<ExitC
     }
     let failed = rows.len() == 1 && rows[0].outcome == "failed";
     Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+/// `--pickup-timeout`: the one duration syntax ("90s", "2m"), in seconds.
+fn pickup_secs(text: &str) -> Result<u64, String> {
+    pulih_controller::units::parse_duration(text).map(|s| s.max(1) as u64)
 }

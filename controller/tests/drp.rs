@@ -151,6 +151,66 @@ fn healthy_plan_states_no_serious_gap_and_the_gaps_plan_states_every_one() {
     }
 }
 
+/// Appendices A to O come from the data, and say so where it is missing.
+#[test]
+fn appendices_state_their_data_or_that_it_is_missing() {
+    let (healthy, gaps) = (plan("healthy", "id"), plan("gaps", "id"));
+    let md = |p: &PlanData| {
+        let d = drp::build_document(p, &builtin()).unwrap();
+        String::from_utf8(drp::render(&d, Format::Md, 0).unwrap()).unwrap()
+    };
+    let (h, g) = (md(&healthy), md(&gaps));
+    for letter in 'A'..='O' {
+        assert_eq!(h.matches(&format!("### Lampiran {letter}. ")).count(), 1, "Lampiran {letter}");
+    }
+    // B: vendors from organisation.toml, or a statement that there are none.
+    let vendor = &healthy.organisation.vendors[0];
+    assert!(h.contains(&vendor.name) && h.contains(vendor.contract.as_deref().unwrap()));
+    assert!(g.contains("Belum ada kontak penyedia"));
+    // D: declared alternatives, and plainly none for a system without.
+    let alt = &healthy.systems.iter().find(|s| s.name == "simpeg").unwrap().alternatives[0];
+    assert!(h.contains(&alt.description));
+    assert!(h.contains("| sso | **tidak ada** | Definisi sistem ini tidak menyatakan prosedur alternatif."));
+    // E: the last drill's actual result next to the expected one; a failed check says No.
+    assert!(g.contains("| sso | Layanan web menjawab: `curl -fsS http://127.0.0.1:8443/health` | HTTP 200 dan teks OK | HTTP 502 | **Tidak** |"), "{g}");
+    assert!(g.contains("| portal | **runbook belum menetapkan pemeriksaan kesehatan**"));
+    // F: the DRC site, address and access.
+    assert!(
+        h.contains(&healthy.organisation.storage.address)
+            && h.contains("| Di wilayah Indonesia (Pasal 16 ayat (5)) | Ya |")
+    );
+    assert!(g.contains("| Di wilayah Indonesia (Pasal 16 ayat (5)) | **Tidak** |"));
+    // I: who needs whom.
+    assert!(h.contains("| sso | — | simpeg, sipkd | srv-sso |"), "{h}");
+    // J: overdue review and drill are marked.
+    assert!(g.contains("| Tinjauan dokumen rencana |") && g.contains("**terlambat sejak"));
+    // K: related plans in their table form, or none.
+    assert!(h.contains("| Prosedur Penanganan Insiden Siber (contoh) | Blitarkota-CSIRT |"));
+    assert!(g.contains("Belum ada rencana terkait yang dicatat"));
+    // M: the versions with their content hashes.
+    assert!(h.contains(&format!("`{}`", healthy.history[0].content_blake3)));
+    // O: drills, failback, scrubs, reports and the audit head, each with its hash.
+    for hash in [
+        healthy.drills[0].record_blake3.clone().unwrap(),
+        healthy.switches[0].record_blake3.clone().unwrap(),
+        healthy.scrubs[0].record_blake3.clone().unwrap(),
+        healthy.reports[0].file_blake3.clone().unwrap(),
+        healthy.audit.head_hash.clone(),
+    ] {
+        assert!(h.contains(&format!("`{hash}`")), "{hash} missing from Lampiran O");
+    }
+    // A failover recorded both as a drill and as a switch is listed once.
+    let o = &h[h.find("### Lampiran O.").unwrap()..];
+    assert_eq!(o.matches("failover-1 |").count(), 1, "{o}");
+    assert_eq!(o.matches("failback-2 |").count(), 1, "{o}");
+    // English has every appendix too.
+    let e = md(&plan("gaps", "en"));
+    for letter in 'A'..='O' {
+        assert_eq!(e.matches(&format!("### Appendix {letter}. ")).count(), 1, "Appendix {letter}");
+    }
+    assert!(e.contains("No vendor contact") && e.contains("declares no alternate procedure"));
+}
+
 #[test]
 fn recovery_order_puts_dependencies_first() {
     let p = plan("healthy", "id");
@@ -212,6 +272,19 @@ fn pdf_has_toc_page_numbers_headers_every_system_and_finding() {
                 i + 1
             );
         }
+        // The table of contents lists every appendix, A to O.
+        let toc_text: Vec<&str> = pages.iter().skip(1).take_while(|p| p.contains(toc)).copied().collect();
+        let toc_text = toc_text.join("\n");
+        for letter in 'A'..='O' {
+            let want = if lang == "id" { format!("Lampiran {letter}.") } else { format!("Appendix {letter}.") };
+            assert!(toc_text.contains(&want), "{want} missing from the table of contents:\n{toc_text}");
+        }
+        // The text diagram keeps its columns in the PDF.
+        let layout_all = pdftotext(&bytes, tmp.path(), true);
+        assert!(
+            layout_all.lines().any(|l| l.contains("[srv-simpeg] db, uploads") && l.contains("--TLS--> |")),
+            "diagram line missing or broken"
+        );
         // The TOC's page numbers point at the pages that hold the headings.
         let layout = pdftotext(&bytes, tmp.path(), true);
         let lpages: Vec<&str> = layout.split('\u{c}').collect();

@@ -7,8 +7,9 @@
 //! Errors name the template file and line.
 //!
 //! Filters, in the template's language: `date`, `datetime`, `dur`, `bytes`,
-//! `decimal`, `cell` (safe in a table cell); functions: `agency(code)`,
-//! `last_drill(system)`, `drills(system)`, `findings_of(subject)`.
+//! `decimal`, `cell` (safe in a table cell), `pad(width)` (spaces up to a
+//! width, for text diagrams); functions: `agency(code)`, `last_drill(system)`,
+//! `drills(system)`, `findings_of(subject)`, `system_of(agent, dataset)`.
 
 use std::path::{Path, PathBuf};
 
@@ -83,6 +84,26 @@ impl Templates {
         env.add_filter("cell", |v: Value| {
             let s = if v.is_none() || v.is_undefined() { String::new() } else { v.to_string() };
             s.replace('|', "\\|").replace('\n', " ")
+        });
+        env.add_filter("pad", |v: Value, width: usize| {
+            let s = if v.is_none() || v.is_undefined() { String::new() } else { v.to_string() };
+            let n = s.chars().count();
+            if n >= width {
+                s
+            } else {
+                format!("{s}{}", " ".repeat(width - n))
+            }
+        });
+        let systems: Vec<(String, String, String)> = plan
+            .systems
+            .iter()
+            .flat_map(|s| s.datasets.iter().map(|d| (d.agent.clone(), d.dataset.clone(), s.name.clone())))
+            .collect();
+        env.add_function("system_of", move |agent: String, dataset: String| {
+            systems
+                .iter()
+                .find(|(a, d, _)| *a == agent && *d == dataset)
+                .map_or(Value::from(()), |(_, _, s)| Value::from(s.clone()))
         });
         let org = plan.organisation.clone();
         env.add_function("agency", move |code: String| org.agency_name(&code));

@@ -109,6 +109,61 @@ fn golden_integrity_and_drill_reports_in_both_languages() {
     }
 }
 
+/// A catalog drill's report carries its activity log and outputs; outputs
+/// cannot break the markup (backticks) or the HTML (tags). Several systems
+/// of one drill each get their section.
+#[test]
+fn drill_report_with_activity_log_escapes_outputs_in_every_format() {
+    use pulih_controller::drp::model::{DrillDetail, DrillStep};
+    for lang in ["id", "en"] {
+        let mut p = plan("gaps", lang);
+        p.control.kind = "drill".into();
+        p.control.subject = Some("drill-2026-040".into());
+        p.control.recorded = false;
+        let mut second = p.drills.iter().find(|d| d.id == "drill-2026-041").unwrap().clone();
+        second.id = "drill-2026-040".into();
+        p.drills.push(second);
+        let d = p.drills.iter_mut().find(|d| d.id == "drill-2026-040" && d.system == "sso").unwrap();
+        d.detail = Some(DrillDetail {
+            title: "SSO".into(),
+            opd: "diskominfotik".into(),
+            owner: Some("Budi".into()),
+            rto_target_secs: 1,
+            rpo_target_secs: 3600,
+            outcome: "partial".into(),
+            trigger: "manual".into(),
+            run_outcome: "failed".into(),
+            restore_place: "sandbox".into(),
+            files_restored: 1,
+            bytes_restored: 10,
+            verify_result: Some("ok: 1 file match the snapshot".into()),
+            rto_achieved: Some(2.5),
+            rpo_achieved: Some(30.0),
+            snapshots: vec![],
+            steps: vec![DrillStep {
+                seq: 1,
+                kind: "check".into(),
+                name: "db".into(),
+                started_at: p.control.data_as_of - 60,
+                duration_secs: Some(2.0),
+                outcome: "passed".into(),
+                output: "<script>x</script>\n```\nend".into(),
+            }],
+        });
+        let doc = drp::build_document(&p, &builtin()).unwrap();
+        let md = String::from_utf8(drp::render(&doc, Format::Md, 0).unwrap()).unwrap();
+        let (overall, partial) = if lang == "id" { ("GAGAL", "SEBAGIAN") } else { ("FAILED", "PARTIAL") };
+        assert!(md.contains(&format!("**{overall}**")) && md.contains(partial), "{md}");
+        assert!(md.contains("````\n<script>x</script>\n```\nend\n````"), "{md}");
+        assert!(md.contains("3.2 ") && md.contains("sipkd"), "second system of the drill missing: {md}");
+        assert!(md.contains(if lang == "id" { "tidak bernomor" } else { "Number | none" }), "{md}");
+        let html = String::from_utf8(drp::render(&doc, Format::Html, 0).unwrap()).unwrap();
+        assert!(html.starts_with("<!DOCTYPE html>") && html.contains(overall));
+        assert!(html.contains("&lt;script&gt;x&lt;/script&gt;") && !html.contains("<script>"), "{html}");
+        assert!(drp::render(&doc, Format::Pdf, 0).unwrap().starts_with(b"%PDF-"));
+    }
+}
+
 #[test]
 fn healthy_plan_states_no_serious_gap_and_the_gaps_plan_states_every_one() {
     let healthy = plan("healthy", "id");

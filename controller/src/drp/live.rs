@@ -145,16 +145,23 @@ fn drill_facts(cat: &Catalog, row: &DrillSystemRow, actor: &str, started_ns: i64
     })
 }
 
-/// Fills [`DrillFacts::detail`] of every system of drill `id` in `input`
-/// from the catalog (the activity log, snapshots, restored amounts): what a
-/// drill report shows beyond the plan's summary. `id` is the drill's number.
-pub fn drill_detail(cat: &Catalog, input: &mut SystemsInput, id: &str) -> Result<(), CatalogError> {
-    let Ok(n) = id.parse::<i64>() else { return Ok(()) };
-    let run = cat.drill(n)?;
-    let steps = cat.drill_steps(n)?;
-    for row in cat.drill_systems(n)? {
-        let Some(facts) = input.drills.iter_mut().find(|d| d.id == id && d.system == row.system) else { continue };
+/// The facts of catalog drill `id`, one per system, with [`DrillFacts::detail`]
+/// filled from the activity log, snapshots and restored amounts: what a
+/// drill report shows beyond the plan's summary. A running drill is
+/// included (its report says so).
+pub fn drill_run(cat: &Catalog, id: i64) -> Result<Vec<DrillFacts>, CatalogError> {
+    let run = cat.drill(id)?;
+    let steps = cat.drill_steps(id)?;
+    let mut out = Vec::new();
+    for row in cat.drill_systems(id)? {
+        let mut facts = drill_facts(cat, &row, &run.actor, run.started_ns)?;
         facts.detail = Some(DrillDetail {
+            title: row.title.clone(),
+            opd: row.opd.clone(),
+            owner: row.owner.clone(),
+            rto_target_secs: row.rto_target_secs,
+            rpo_target_secs: row.rpo_target_secs,
+            outcome: row.outcome.clone(),
             trigger: run.trigger.clone(),
             run_outcome: run.outcome.clone(),
             restore_place: row.restore_place.clone(),
@@ -188,8 +195,9 @@ pub fn drill_detail(cat: &Catalog, input: &mut SystemsInput, id: &str) -> Result
                 })
                 .collect(),
         });
+        out.push(facts);
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Systems from `systems`, drills (sandbox drills and failovers) from the catalog.

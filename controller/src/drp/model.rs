@@ -292,6 +292,15 @@ pub struct DrillFacts {
 /// What a drill recorded for one system, for its report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DrillDetail {
+    /// The system as the drill recorded it (its definition may change later).
+    pub title: String,
+    pub opd: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+    pub rto_target_secs: i64,
+    pub rpo_target_secs: i64,
+    /// This system's outcome as recorded (`running` while the drill runs).
+    pub outcome: String,
     /// `manual` or `scheduled`.
     pub trigger: String,
     /// Verdict of the whole drill run (all its systems).

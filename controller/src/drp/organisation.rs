@@ -318,6 +318,10 @@ pub struct Organisation {
     #[serde(default)]
     pub vendors: Vec<Vendor>,
     pub training: Vec<Training>,
+    /// No `organisation.toml` exists: [`Organisation::placeholder`] stands in
+    /// so a drill report can still be read; documents say it is missing.
+    #[serde(default)]
+    pub placeholder: bool,
 }
 
 /// `YYYY-MM-DD` with a real month and day.
@@ -528,7 +532,68 @@ impl Organisation {
             contacts: raw.contacts,
             vendors: raw.vendors.into_iter().map(Spanned::into_inner).collect(),
             training: raw.training,
+            placeholder: false,
         })
+    }
+
+    /// What stands in when `organisation.toml` does not exist yet: dashes
+    /// for every name, so a drill report (which needs little of it) can be
+    /// shown; a recorded plan still requires the real file.
+    pub fn placeholder() -> Self {
+        let nobody = Person {
+            id: "-".into(),
+            name: "—".into(),
+            position: "—".into(),
+            nip: None,
+            contact: "—".into(),
+            verified: None,
+        };
+        Organisation {
+            institution: Institution {
+                name: "—".into(),
+                unit: "—".into(),
+                unit_short: "—".into(),
+                address: "—".into(),
+                city: "—".into(),
+                regulation: "—".into(),
+                regulation_short: "—".into(),
+            },
+            document: DocumentSettings {
+                number_prefix: "—".into(),
+                classification: default_classification(),
+                review_period_secs: 365 * 86_400,
+                utc_offset_secs: crate::units::parse_offset(default_offset().get_ref())
+                    .map_or(0, |o| o.whole_seconds()),
+                timezone_label: default_tz(),
+            },
+            storage: StorageDeclaration {
+                country: String::new(),
+                city: "—".into(),
+                site: "—".into(),
+                operator: String::new(),
+                address: String::new(),
+                access: String::new(),
+            },
+            agencies: Vec::new(),
+            people: Vec::new(),
+            committee: Committee {
+                plan_owner: nobody.clone(),
+                coordinator: nobody.clone(),
+                deputy: None,
+                activation_authority: nobody.clone(),
+                activation_successor: nobody,
+                technical_team: Vec::new(),
+                auditors: Vec::new(),
+            },
+            approvals: Vec::new(),
+            references: Vec::new(),
+            related_plans: Vec::new(),
+            distribution: Vec::new(),
+            contacts: Vec::new(),
+            vendors: Vec::new(),
+            training: Vec::new(),
+            placeholder: true,
+        }
     }
 
     /// Name of an agency by code (the code itself when unknown).

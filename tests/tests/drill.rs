@@ -258,6 +258,14 @@ fn drills_report_failures_missed_targets_and_dependency_order() {
     }
     assert!(text.contains("partly passed") && text.contains("failed"), "drill outcomes missing from the plan");
     assert!(!text.contains("no recovery drill is recorded"), "the drills are not in the plan");
+    // Appendices from the live data: every one, alternates stated as none,
+    // the drill evidence with the blake3 of its record.
+    for letter in 'a'..='o' {
+        assert!(text.contains(&format!("## appendix {letter}. ")), "appendix {letter} missing");
+    }
+    assert!(text.contains("| hurt | **none** | this system's definition declares no alternate procedure."));
+    let evidence = &text[text.find("## appendix o.").unwrap()..];
+    assert!(evidence.lines().any(|l| l.contains("| hurt |") && l.contains("| failed | `")), "{evidence}");
 
     // An invalid set: check names file, line and key; the drill is refused.
     system(&ctl, "bad", &simple("bad", "dc-app01", "nothing", "1 hour", ""));

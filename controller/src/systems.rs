@@ -168,6 +168,18 @@ pub struct Step {
     pub timeout: Duration,
 }
 
+/// An alternate procedure (NIST SP 800-34 "alternate procedures"): how the
+/// service goes on, or is recovered, when the normal procedure cannot be
+/// used. Documentation for people only; Pulih never runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alternative {
+    pub name: String,
+    /// What people do, in full.
+    pub description: String,
+    /// A command they may run, shown as written.
+    pub command: Option<String>,
+}
+
 /// A protected system, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct System {
@@ -190,6 +202,8 @@ pub struct System {
     pub health_checks: Vec<Check>,
     pub activation: Vec<Step>,
     pub teardown: Vec<Step>,
+    /// Alternate procedures (`[[alternative]]`), for the DR plan; may be none.
+    pub alternatives: Vec<Alternative>,
     /// The file it was read from.
     pub source: PathBuf,
 }
@@ -376,6 +390,17 @@ struct RawFile {
     activation: Vec<Spanned<RawStep>>,
     #[serde(default)]
     teardown: Vec<Spanned<RawStep>>,
+    #[serde(default, rename = "alternative")]
+    alternatives: Vec<Spanned<RawAlternative>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlternative {
+    name: String,
+    description: String,
+    #[serde(default)]
+    command: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -725,6 +750,26 @@ fn parse_file(path: &Path, text: &str) -> Result<(System, Vec<(usize, String)>),
         });
     }
 
+    let mut alternatives = Vec::new();
+    for a in &raw.alternatives {
+        let span = a.span();
+        let a = a.get_ref();
+        if a.name.trim().is_empty() {
+            cx.bad(span.clone(), "alternative.name", "must not be empty");
+        }
+        if a.description.trim().is_empty() {
+            cx.bad(span.clone(), "alternative.description", "must say what people do instead");
+        }
+        if a.command.as_ref().is_some_and(|c| c.trim().is_empty()) {
+            cx.bad(span, "alternative.command", "must not be empty (leave it out instead)");
+        }
+        alternatives.push(Alternative {
+            name: a.name.trim().to_owned(),
+            description: a.description.trim().to_owned(),
+            command: a.command.as_ref().map(|c| c.trim().to_owned()),
+        });
+    }
+
     if !cx.problems.is_empty() {
         return Err(cx.problems);
     }
@@ -748,6 +793,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(System, Vec<(usize, String)>),
             health_checks,
             activation,
             teardown,
+            alternatives,
             source: path.to_owned(),
         },
         deps,
@@ -793,6 +839,10 @@ expect_body = "ok"
 [[teardown]]
 name = "hentikan"
 command = "true"
+
+[[alternative]]
+name = "layanan manual"
+description = "Bagian kepegawaian melayani dengan formulir kertas sampai SIMPEG pulih."
 "#;
 
     const DB: &str = r#"
@@ -827,6 +877,9 @@ dataset = "pg"
         assert_eq!(simpeg.health_checks[1].timeout, DEFAULT_CHECK_TIMEOUT);
         assert!(matches!(simpeg.health_checks[1].kind, CheckKind::Http { expect_status: 200, .. }));
         assert_eq!(simpeg.restore, RestorePlace::Sandbox);
+        assert_eq!(simpeg.alternatives.len(), 1);
+        assert_eq!(simpeg.alternatives[0].command, None);
+        assert!(s.get("db-pusat").unwrap().alternatives.is_empty());
         assert_eq!(s.of_dataset("dc-db01", "pg").unwrap().name.as_str(), "db-pusat");
     }
 
@@ -843,6 +896,14 @@ dataset = "pg"
         let e = load(&[("db.toml", &bad)]).unwrap_err().to_string();
         assert!(e.contains("db.toml:7: system.tier"), "{e}");
         assert!(e.contains("db.toml:8: system.rpo_target"), "{e}");
+    }
+
+    #[test]
+    fn an_alternative_without_description_names_its_line() {
+        let bad = format!("{DB}\n[[alternative]]\nname = \"manual\"\ndescription = \" \"\n");
+        let line = bad.lines().position(|l| l == "[[alternative]]").unwrap() + 1;
+        let e = load(&[("db.toml", &bad)]).unwrap_err().to_string();
+        assert!(e.contains(&format!("db.toml:{line}: alternative.description")), "{e}");
     }
 
     #[test]

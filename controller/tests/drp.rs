@@ -109,6 +109,61 @@ fn golden_integrity_and_drill_reports_in_both_languages() {
     }
 }
 
+/// A catalog drill's report carries its activity log and outputs; outputs
+/// cannot break the markup (backticks) or the HTML (tags). Several systems
+/// of one drill each get their section.
+#[test]
+fn drill_report_with_activity_log_escapes_outputs_in_every_format() {
+    use pulih_controller::drp::model::{DrillDetail, DrillStep};
+    for lang in ["id", "en"] {
+        let mut p = plan("gaps", lang);
+        p.control.kind = "drill".into();
+        p.control.subject = Some("drill-2026-040".into());
+        p.control.recorded = false;
+        let mut second = p.drills.iter().find(|d| d.id == "drill-2026-041").unwrap().clone();
+        second.id = "drill-2026-040".into();
+        p.drills.push(second);
+        let d = p.drills.iter_mut().find(|d| d.id == "drill-2026-040" && d.system == "sso").unwrap();
+        d.detail = Some(DrillDetail {
+            title: "SSO".into(),
+            opd: "diskominfotik".into(),
+            owner: Some("Budi".into()),
+            rto_target_secs: 1,
+            rpo_target_secs: 3600,
+            outcome: "partial".into(),
+            trigger: "manual".into(),
+            run_outcome: "failed".into(),
+            restore_place: "sandbox".into(),
+            files_restored: 1,
+            bytes_restored: 10,
+            verify_result: Some("ok: 1 file match the snapshot".into()),
+            rto_achieved: Some(2.5),
+            rpo_achieved: Some(30.0),
+            snapshots: vec![],
+            steps: vec![DrillStep {
+                seq: 1,
+                kind: "check".into(),
+                name: "db".into(),
+                started_at: p.control.data_as_of - 60,
+                duration_secs: Some(2.0),
+                outcome: "passed".into(),
+                output: "<script>x</script>\n```\nend".into(),
+            }],
+        });
+        let doc = drp::build_document(&p, &builtin()).unwrap();
+        let md = String::from_utf8(drp::render(&doc, Format::Md, 0).unwrap()).unwrap();
+        let (overall, partial) = if lang == "id" { ("GAGAL", "SEBAGIAN") } else { ("FAILED", "PARTIAL") };
+        assert!(md.contains(&format!("**{overall}**")) && md.contains(partial), "{md}");
+        assert!(md.contains("````\n<script>x</script>\n```\nend\n````"), "{md}");
+        assert!(md.contains("3.2 ") && md.contains("sipkd"), "second system of the drill missing: {md}");
+        assert!(md.contains(if lang == "id" { "tidak bernomor" } else { "Number | none" }), "{md}");
+        let html = String::from_utf8(drp::render(&doc, Format::Html, 0).unwrap()).unwrap();
+        assert!(html.starts_with("<!DOCTYPE html>") && html.contains(overall));
+        assert!(html.contains("&lt;script&gt;x&lt;/script&gt;") && !html.contains("<script>"), "{html}");
+        assert!(drp::render(&doc, Format::Pdf, 0).unwrap().starts_with(b"%PDF-"));
+    }
+}
+
 #[test]
 fn healthy_plan_states_no_serious_gap_and_the_gaps_plan_states_every_one() {
     let healthy = plan("healthy", "id");
@@ -149,6 +204,66 @@ fn healthy_plan_states_no_serious_gap_and_the_gaps_plan_states_every_one() {
         }
         assert!(md.contains("Pasal 16 ayat (5)") || md.contains("Article 16(5)"));
     }
+}
+
+/// Appendices A to O come from the data, and say so where it is missing.
+#[test]
+fn appendices_state_their_data_or_that_it_is_missing() {
+    let (healthy, gaps) = (plan("healthy", "id"), plan("gaps", "id"));
+    let md = |p: &PlanData| {
+        let d = drp::build_document(p, &builtin()).unwrap();
+        String::from_utf8(drp::render(&d, Format::Md, 0).unwrap()).unwrap()
+    };
+    let (h, g) = (md(&healthy), md(&gaps));
+    for letter in 'A'..='O' {
+        assert_eq!(h.matches(&format!("### Lampiran {letter}. ")).count(), 1, "Lampiran {letter}");
+    }
+    // B: vendors from organisation.toml, or a statement that there are none.
+    let vendor = &healthy.organisation.vendors[0];
+    assert!(h.contains(&vendor.name) && h.contains(vendor.contract.as_deref().unwrap()));
+    assert!(g.contains("Belum ada kontak penyedia"));
+    // D: declared alternatives, and plainly none for a system without.
+    let alt = &healthy.systems.iter().find(|s| s.name == "simpeg").unwrap().alternatives[0];
+    assert!(h.contains(&alt.description));
+    assert!(h.contains("| sso | **tidak ada** | Definisi sistem ini tidak menyatakan prosedur alternatif."));
+    // E: the last drill's actual result next to the expected one; a failed check says No.
+    assert!(g.contains("| sso | Layanan web menjawab: `curl -fsS http://127.0.0.1:8443/health` | HTTP 200 dan teks OK | HTTP 502 | **Tidak** |"), "{g}");
+    assert!(g.contains("| portal | **runbook belum menetapkan pemeriksaan kesehatan**"));
+    // F: the DRC site, address and access.
+    assert!(
+        h.contains(&healthy.organisation.storage.address)
+            && h.contains("| Di wilayah Indonesia (Pasal 16 ayat (5)) | Ya |")
+    );
+    assert!(g.contains("| Di wilayah Indonesia (Pasal 16 ayat (5)) | **Tidak** |"));
+    // I: who needs whom.
+    assert!(h.contains("| sso | — | simpeg, sipkd | srv-sso |"), "{h}");
+    // J: overdue review and drill are marked.
+    assert!(g.contains("| Tinjauan dokumen rencana |") && g.contains("**terlambat sejak"));
+    // K: related plans in their table form, or none.
+    assert!(h.contains("| Prosedur Penanganan Insiden Siber (contoh) | Blitarkota-CSIRT |"));
+    assert!(g.contains("Belum ada rencana terkait yang dicatat"));
+    // M: the versions with their content hashes.
+    assert!(h.contains(&format!("`{}`", healthy.history[0].content_blake3)));
+    // O: drills, failback, scrubs, reports and the audit head, each with its hash.
+    for hash in [
+        healthy.drills[0].record_blake3.clone().unwrap(),
+        healthy.switches[0].record_blake3.clone().unwrap(),
+        healthy.scrubs[0].record_blake3.clone().unwrap(),
+        healthy.reports[0].file_blake3.clone().unwrap(),
+        healthy.audit.head_hash.clone(),
+    ] {
+        assert!(h.contains(&format!("`{hash}`")), "{hash} missing from Lampiran O");
+    }
+    // A failover recorded both as a drill and as a switch is listed once.
+    let o = &h[h.find("### Lampiran O.").unwrap()..];
+    assert_eq!(o.matches("failover-1 |").count(), 1, "{o}");
+    assert_eq!(o.matches("failback-2 |").count(), 1, "{o}");
+    // English has every appendix too.
+    let e = md(&plan("gaps", "en"));
+    for letter in 'A'..='O' {
+        assert_eq!(e.matches(&format!("### Appendix {letter}. ")).count(), 1, "Appendix {letter}");
+    }
+    assert!(e.contains("No vendor contact") && e.contains("declares no alternate procedure"));
 }
 
 #[test]
@@ -212,6 +327,19 @@ fn pdf_has_toc_page_numbers_headers_every_system_and_finding() {
                 i + 1
             );
         }
+        // The table of contents lists every appendix, A to O.
+        let toc_text: Vec<&str> = pages.iter().skip(1).take_while(|p| p.contains(toc)).copied().collect();
+        let toc_text = toc_text.join("\n");
+        for letter in 'A'..='O' {
+            let want = if lang == "id" { format!("Lampiran {letter}.") } else { format!("Appendix {letter}.") };
+            assert!(toc_text.contains(&want), "{want} missing from the table of contents:\n{toc_text}");
+        }
+        // The text diagram keeps its columns in the PDF.
+        let layout_all = pdftotext(&bytes, tmp.path(), true);
+        assert!(
+            layout_all.lines().any(|l| l.contains("[srv-simpeg] db, uploads") && l.contains("--TLS--> |")),
+            "diagram line missing or broken"
+        );
         // The TOC's page numbers point at the pages that hold the headings.
         let layout = pdftotext(&bytes, tmp.path(), true);
         let lpages: Vec<&str> = layout.split('\u{c}').collect();

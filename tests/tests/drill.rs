@@ -206,6 +206,20 @@ fn drills_report_failures_missed_targets_and_dependency_order() {
     let file = base.join("report.html");
     ok(&mut ctl.pulihctl(&token, &["drill", "report", &id, "--format", "html", "--out", file.to_str().unwrap()]));
     assert!(fs::read_to_string(&file).unwrap().starts_with("<!DOCTYPE html>"));
+    // The report is the DR plan's drill template: its activity log names the
+    // skipped check, and it renders as PDF/A too (only with --out).
+    let md = ok(&mut ctl.pulihctl(&token, &["drill", "report", &id, "--lang", "id"]));
+    assert!(md.contains("LAPORAN UJI COBA PEMULIHAN") && md.contains("Catatan Kegiatan"), "{md}");
+    assert!(md.contains("| pemeriksaan | tidak dijalankan |") && md.contains("| dilewati |"), "{md}");
+    assert!(md.contains("tidak bernomor"), "an unrecorded report claims a number: {md}");
+    let pdf = base.join("report.pdf");
+    ok(&mut ctl.pulihctl(&token, &["drill", "report", &id, "--format", "pdf", "--out", pdf.to_str().unwrap()]));
+    assert!(fs::read(&pdf).unwrap().starts_with(b"%PDF-"));
+    let no_out = run(&mut ctl.pulihctl(&token, &["drill", "report", &id, "--format", "pdf"]));
+    assert_eq!(no_out.status.code(), Some(1));
+    assert!(stderr(&no_out).contains("--out"), "{}", stderr(&no_out));
+    let missing = run(&mut ctl.pulihctl(&token, &["drill", "report", "999999"]));
+    assert_eq!(missing.status.code(), Some(1), "{}", stdout(&missing));
 
     // A damaged chunk: the drill fails at verification and names the file.
     let victim = largest_file(&ctl.dir.join("store/chunks"));
@@ -244,6 +258,14 @@ fn drills_report_failures_missed_targets_and_dependency_order() {
     }
     assert!(text.contains("partly passed") && text.contains("failed"), "drill outcomes missing from the plan");
     assert!(!text.contains("no recovery drill is recorded"), "the drills are not in the plan");
+    // Appendices from the live data: every one, alternates stated as none,
+    // the drill evidence with the blake3 of its record.
+    for letter in 'a'..='o' {
+        assert!(text.contains(&format!("## appendix {letter}. ")), "appendix {letter} missing");
+    }
+    assert!(text.contains("| hurt | **none** | this system's definition declares no alternate procedure."));
+    let evidence = &text[text.find("## appendix o.").unwrap()..];
+    assert!(evidence.lines().any(|l| l.contains("| hurt |") && l.contains("| failed | `")), "{evidence}");
 
     // An invalid set: check names file, line and key; the drill is refused.
     system(&ctl, "bad", &simple("bad", "dc-app01", "nothing", "1 hour", ""));

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState, Caller};
 use crate::catalog::{DrillRow, DrillStepRow, DrillSystemRow};
-use crate::drill::report::{self, Format, Lang};
 use crate::drill::{schedule, DrillError, DrillRequest, Engine, Selection, Trigger};
+use crate::drp::{self, Format, Lang};
 use crate::systems::{DataClass, Owner, RestorePlace};
 
 type St = State<Arc<ApiState>>;
@@ -232,19 +232,33 @@ pub async fn show(State(st): St, ApiPath(id): ApiPath) -> Result<Json<DrillDetai
     Ok(Json(detail(&st, drill_id(&id)?).await?))
 }
 
+/// The drill report through the DR plan's drill template (`drill.md.j2`),
+/// rendered on request and not recorded: Markdown (default), HTML or PDF.
 pub async fn report(
     State(st): St,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath,
     ApiQuery(q): ApiQuery<ReportQuery>,
 ) -> Result<Response, ApiError> {
     let id = drill_id(&id)?;
-    let format: Format = q.format.as_deref().unwrap_or("md").parse().map_err(ApiError::bad_request)?;
-    let lang: Lang = q.lang.as_deref().unwrap_or("id").parse().map_err(ApiError::bad_request)?;
-    let d = detail(&st, id).await?;
-    let text = report::render(format, lang, &d.drill, &d.systems, &d.steps);
-    let ctype = match format {
-        Format::Markdown => "text/markdown; charset=utf-8",
-        Format::Html => "text/html; charset=utf-8",
+    let format = match q.format.as_deref().unwrap_or("md") {
+        "md" | "markdown" => Format::Md,
+        "html" => Format::Html,
+        "pdf" => Format::Pdf,
+        other => return Err(ApiError::bad_request(format!("format {other:?}: use md, html or pdf"))),
     };
-    Ok(([(header::CONTENT_TYPE, ctype)], text).into_response())
+    let lang = q.lang.as_deref().unwrap_or("id");
+    let lang = Lang::parse(lang).ok_or_else(|| ApiError::bad_request(format!("lang {lang:?}: use id or en")))?;
+    let settings = st.drp.clone().ok_or_else(|| {
+        ApiError::not_found("drill reports need the DR plan settings ([drp] in controller.toml), which did not resolve")
+    })?;
+    let backend = st.backend.clone();
+    let actor = caller.actor();
+    let bytes = tokio::task::spawn_blocking(move || {
+        let lock = || backend.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        drp::drill_report(lock, &settings, id, lang, format, &actor, crate::catalog::now_secs())
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("drill report failed: {e}")))??;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], bytes).into_response())
 }

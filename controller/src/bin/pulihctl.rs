@@ -217,10 +217,11 @@ enum DrillCmd {
     },
     /// One drill with its systems and steps.
     Show { id: i64 },
-    /// The drill report (Markdown or self-contained HTML; Indonesian or English).
+    /// The drill report from the DR plan's drill template (Markdown, self-contained HTML or PDF/A;
+    /// Indonesian or English). Not recorded; `drp generate --kind drill` records a numbered version.
     Report {
         id: i64,
-        /// md or html.
+        /// md, html or pdf (pdf needs --out).
         #[arg(long, default_value = "md")]
         format: String,
         /// id (Bahasa Indonesia) or en.
@@ -772,17 +773,19 @@ fn drill(c: &Client, cmd: DrillCmd, json: bool) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DrillCmd::Report { id, format, lang, out } => {
-            let (_, text) = c.send(
-                "GET",
-                &format!("/drills/{id}/report{}", query(&[("format", Some(format)), ("lang", Some(lang))])),
-                None,
-            )?;
+            if format == "pdf" && out.is_none() {
+                bail!("--format pdf writes a binary file: give --out FILE");
+            }
+            let bytes = c.get_bytes(&format!(
+                "/drills/{id}/report{}",
+                query(&[("format", Some(format)), ("lang", Some(lang))])
+            ))?;
             match out {
                 Some(p) => {
-                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+                    std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
                     out!("Report of drill {id} written to {}", p.display());
                 }
-                None => out!("{}", text.trim_end_matches('\n')),
+                None => out!("{}", String::from_utf8_lossy(&bytes).trim_end_matches('\n')),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -42,7 +42,6 @@ use crate::systems::{SystemName, Systems, SystemsError};
 
 pub mod checks;
 pub mod place;
-pub mod report;
 mod run;
 pub mod schedule;
 pub mod select;

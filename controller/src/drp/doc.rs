@@ -163,12 +163,18 @@ pub fn parse(text: &str) -> Result<Vec<Block>, MarkupError> {
         let t = line.trim_start();
         if t.is_empty() {
             i += 1;
-        } else if let Some(rest) = t.strip_prefix("```") {
-            let _lang = rest;
+        } else if t.starts_with("```") {
+            // The closing fence is at least as long as the opening one, so
+            // a block can hold shorter backtick runs (command output).
+            let n = t.chars().take_while(|&c| c == '`').count();
+            let closes = |l: &str| {
+                let l = l.trim();
+                l.len() >= n && l.chars().all(|c| c == '`')
+            };
             let start = i;
             i += 1;
             let mut body = Vec::new();
-            while i < lines.len() && !lines[i].trim_start().starts_with("```") {
+            while i < lines.len() && !closes(lines[i]) {
                 body.push(lines[i].trim_end());
                 i += 1;
             }
@@ -395,7 +401,7 @@ pub fn to_markdown(doc: &Document) -> String {
                 }
                 o.push('\n');
             }
-            Block::Code { text } => o.push_str(&format!("```\n{text}\n```\n\n")),
+            Block::Code { text } => o.push_str(&format!("{}\n\n", fenced(text))),
             Block::Note { text } => o.push_str(&format!("> {text}\n\n")),
             Block::Signature { lines } => {
                 o.push_str("| | | | |\n|---|---|---|---|\n");
@@ -462,6 +468,13 @@ pub fn find_marker(bytes: &[u8]) -> Option<Claimed> {
         }
     }
     (c.version > 0 && c.content_blake3.len() == 64).then_some(c)
+}
+
+/// `text` as a fenced code block, the fence longer than any backtick run in it.
+pub fn fenced(text: &str) -> String {
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest.max(2) + 1);
+    format!("{fence}\n{}\n{fence}", text.trim_end())
 }
 
 #[cfg(test)]

@@ -593,6 +593,7 @@ mod tests {
             runbook: Runbook::default(),
             drill_every_secs: None,
             running_at: Site::Primary,
+            alternatives: vec![],
         }
     }
 

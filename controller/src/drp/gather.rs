@@ -10,6 +10,9 @@ use super::model::*;
 use super::organisation::Organisation;
 use crate::catalog::{Catalog, CatalogError};
 
+/// Generated reports listed as evidence (Lampiran O), newest first.
+const REPORTS_LISTED: usize = 50;
+
 /// What the generator writes as its version.
 pub fn generator_version() -> String {
     format!("pulih-controller {}", env!("CARGO_PKG_VERSION"))
@@ -113,6 +116,7 @@ impl PlanData {
             .scrub_runs(10)?
             .into_iter()
             .map(|r| ScrubFacts {
+                record_blake3: Some(blake3::hash(&serde_json::to_vec(&r).unwrap_or_default()).to_hex().to_string()),
                 id: r.id,
                 started_at: r.started_at,
                 finished_at: r.finished_at,
@@ -143,22 +147,25 @@ impl PlanData {
                 next_review: v.next_review?,
             })
         });
-        let history = catalog
-            .drp_versions()?
-            .into_iter()
-            .filter(|v| v.kind == "plan")
-            .take(20)
-            .map(|v| VersionFacts {
-                version: v.version,
-                number: v.number,
-                lang: v.lang,
-                format: v.format,
-                generated_at: v.generated_at,
-                content_blake3: v.content_blake3,
-                approved_by: v.approved_by,
-                approved_at: v.approved_at,
-            })
-            .collect();
+        let facts = |v: crate::catalog::DrpVersionRow| VersionFacts {
+            version: v.version,
+            number: v.number,
+            lang: v.lang,
+            format: v.format,
+            generated_at: v.generated_at,
+            content_blake3: v.content_blake3,
+            approved_by: v.approved_by,
+            approved_at: v.approved_at,
+            kind: v.kind,
+            subject: v.subject,
+            file_blake3: Some(v.file_blake3),
+        };
+        let versions = catalog.drp_versions()?;
+        let history = versions.iter().filter(|v| v.kind == "plan").take(20).cloned().map(facts).collect();
+        // After-action reports (drill and integrity reports) for Lampiran O.
+        let reports = versions.into_iter().filter(|v| v.kind != "plan").take(REPORTS_LISTED).map(facts).collect();
+        let mut switches = input.switches;
+        switches.sort_by(|a, b| b.started_at.cmp(&a.started_at).then_with(|| b.id.cmp(&a.id)));
         let controller_name = catalog.meta_get("controller_name")?.unwrap_or_else(|| "drc".into());
         let mut plan = PlanData {
             control: DocControl {
@@ -171,6 +178,7 @@ impl PlanData {
                 generated_by: generated_by.into(),
                 kind: "plan".into(),
                 subject: None,
+                recorded: true,
             },
             organisation: org.clone(),
             controller_name,
@@ -184,6 +192,8 @@ impl PlanData {
             audit,
             in_force,
             history,
+            switches,
+            reports,
             findings: Vec::new(),
             changes: Vec::new(),
         };

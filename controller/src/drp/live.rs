@@ -7,8 +7,8 @@ use crate::catalog::{Catalog, CatalogError, DrillSystemRow};
 use crate::systems::{CheckKind, RestorePlace, StepRun, System, Systems};
 
 use super::model::{
-    CheckResult, DataClass, DatasetFacts, DrillFacts, DrillOutcome, HealthCheck, Owner, RestoreTarget, Runbook,
-    RunbookStep, Site, SystemFacts, SystemsInput,
+    AlternativeFacts, CheckResult, DataClass, DatasetFacts, DrillDetail, DrillFacts, DrillOutcome, DrillSnapshot,
+    DrillStep, HealthCheck, Owner, RestoreTarget, Runbook, RunbookStep, Site, SwitchFacts, SystemFacts, SystemsInput,
 };
 
 /// Drill runs read back for the plan (newest first).
@@ -99,6 +99,15 @@ fn facts(sys: &System, cat: &Catalog) -> Result<SystemFacts, CatalogError> {
         runbook: Runbook { restore, health_checks, activation: steps(&sys.activation), teardown: steps(&sys.teardown) },
         drill_every_secs: sys.drill_every.map(|d| d.as_secs() as i64),
         running_at,
+        alternatives: sys
+            .alternatives
+            .iter()
+            .map(|a| AlternativeFacts {
+                name: a.name.clone(),
+                description: a.description.clone(),
+                command: a.command.clone(),
+            })
+            .collect(),
     })
 }
 
@@ -132,7 +141,63 @@ fn drill_facts(cat: &Catalog, row: &DrillSystemRow, actor: &str, started_ns: i64
         checks,
         operator: Some(actor.to_owned()),
         record_blake3: Some(blake3::hash(&record).to_hex().to_string()),
+        detail: None,
     })
+}
+
+/// The facts of catalog drill `id`, one per system, with [`DrillFacts::detail`]
+/// filled from the activity log, snapshots and restored amounts: what a
+/// drill report shows beyond the plan's summary. A running drill is
+/// included (its report says so).
+pub fn drill_run(cat: &Catalog, id: i64) -> Result<Vec<DrillFacts>, CatalogError> {
+    let run = cat.drill(id)?;
+    let steps = cat.drill_steps(id)?;
+    let mut out = Vec::new();
+    for row in cat.drill_systems(id)? {
+        let mut facts = drill_facts(cat, &row, &run.actor, run.started_ns)?;
+        facts.detail = Some(DrillDetail {
+            title: row.title.clone(),
+            opd: row.opd.clone(),
+            owner: row.owner.clone(),
+            rto_target_secs: row.rto_target_secs,
+            rpo_target_secs: row.rpo_target_secs,
+            outcome: row.outcome.clone(),
+            trigger: run.trigger.clone(),
+            run_outcome: run.outcome.clone(),
+            restore_place: row.restore_place.clone(),
+            files_restored: row.files_restored,
+            bytes_restored: row.bytes_restored,
+            verify_result: row.verify_result.clone(),
+            rto_achieved: row.rto_achieved_secs,
+            rpo_achieved: row.rpo_achieved_secs,
+            snapshots: row
+                .snapshots
+                .iter()
+                .map(|u| DrillSnapshot {
+                    agent: u.agent.clone(),
+                    dataset: u.dataset.clone(),
+                    subdir: u.subdir.clone(),
+                    snapshot: u.snapshot.clone(),
+                    data_at: u.started_ns.div_euclid(1_000_000_000),
+                })
+                .collect(),
+            steps: steps
+                .iter()
+                .filter(|x| x.system == row.system)
+                .map(|x| DrillStep {
+                    seq: x.seq,
+                    kind: x.kind.clone(),
+                    name: x.name.clone(),
+                    started_at: x.started_ns.div_euclid(1_000_000_000),
+                    duration_secs: x.ended_ns.map(|e| (e - x.started_ns) as f64 / 1e9),
+                    outcome: x.outcome.clone(),
+                    output: x.output.clone(),
+                })
+                .collect(),
+        });
+        out.push(facts);
+    }
+    Ok(out)
 }
 
 /// Systems from `systems`, drills (sandbox drills and failovers) from the catalog.
@@ -151,10 +216,23 @@ pub fn systems_input(systems: &Systems, cat: &Catalog) -> Result<SystemsInput, C
     }
     // A real failover is the strongest evidence a system comes back.
     for f in cat.failovers(None)? {
-        if f.kind != "failover" || f.outcome == "running" {
+        if f.outcome == "running" {
             continue;
         }
         let record = serde_json::to_vec(&f).unwrap_or_default();
+        out.switches.push(SwitchFacts {
+            id: format!("{}-{}", f.kind, f.id),
+            system: f.system.clone(),
+            kind: f.kind.clone(),
+            started_at: f.started_at,
+            ended_at: f.ended_at,
+            outcome: f.outcome.clone(),
+            actor: Some(f.actor.clone()),
+            record_blake3: Some(blake3::hash(&record).to_hex().to_string()),
+        });
+        if f.kind != "failover" {
+            continue;
+        }
         out.drills.push(DrillFacts {
             id: format!("failover-{}", f.id),
             system: f.system.clone(),
@@ -168,6 +246,7 @@ pub fn systems_input(systems: &Systems, cat: &Catalog) -> Result<SystemsInput, C
             checks: Vec::new(),
             operator: Some(f.actor.clone()),
             record_blake3: Some(blake3::hash(&record).to_hex().to_string()),
+            detail: None,
         });
     }
     Ok(out)

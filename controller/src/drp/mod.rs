@@ -330,8 +330,14 @@ pub fn generate_kind<C: std::ops::DerefMut<Target = Catalog>>(
     let org = settings.organisation()?;
     let templates = settings.templates();
     for _ in 0..3 {
-        let input = settings.systems_input(&lock())?;
+        let mut input = settings.systems_input(&lock())?;
         if let Kind::Drill(id) = kind {
+            // A catalog drill brings its activity log into the report.
+            if let (None, Ok(n)) = (&settings.systems, id.parse::<i64>()) {
+                let run = live::drill_run(&lock(), n)?;
+                input.drills.retain(|d| &d.id != id);
+                input.drills.extend(run);
+            }
             if !input.drills.iter().any(|d| &d.id == id) {
                 return Err(DrpError::Catalog(CatalogError::NotFound(format!("no drill {id:?}"))));
             }
@@ -359,6 +365,49 @@ pub fn generate_kind<C: std::ops::DerefMut<Target = Catalog>>(
         }
     }
     Err(DrpError::Invalid("could not get a plan version number (three generations raced); try again".into()))
+}
+
+/// The report of catalog drill `id`, rendered on request and NOT recorded
+/// (the drills API, `pulihctl drill report`): the same template
+/// (`drill.md.j2`) and renderers as `drp generate --kind drill`, which
+/// records a numbered, verifiable version. Systems come from the live
+/// definitions (a broken systems directory leaves the drill's own record);
+/// without `organisation.toml` the report is still made, saying so.
+pub fn drill_report<C: std::ops::DerefMut<Target = Catalog>>(
+    lock: impl Fn() -> C,
+    settings: &DrpSettings,
+    id: i64,
+    lang: Lang,
+    format: Format,
+    actor: &str,
+    now: i64,
+) -> Result<Vec<u8>, DrpError> {
+    let org = match settings.organisation() {
+        Ok(org) => org,
+        Err(DrpError::Organisation(organisation::OrgError::Read { source, .. }))
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Organisation::placeholder()
+        }
+        Err(e) => return Err(e),
+    };
+    let systems = crate::systems::Systems::load(&settings.systems_dir).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "drill report without the system definitions");
+        crate::systems::Systems::default()
+    });
+    let mut plan = {
+        let cat = lock();
+        let run = live::drill_run(&cat, id)?;
+        let mut input = live::systems_input(&systems, &cat)?;
+        input.drills.retain(|d| d.id != id.to_string());
+        input.drills.extend(run);
+        PlanData::gather(&cat, &org, input, now, 0, lang.code(), actor)?
+    };
+    plan.control.kind = "drill".into();
+    plan.control.subject = Some(id.to_string());
+    plan.control.recorded = false;
+    plan.control.number = String::new();
+    Ok(produce(plan, &settings.templates(), format)?.bytes)
 }
 
 /// What `drp verify` found.

@@ -31,6 +31,10 @@ pub struct DocControl {
     /// `plan`, `integrity` (report) or `drill` (report): which template.
     #[serde(default = "default_doc_kind")]
     pub kind: String,
+    /// Whether this document is recorded as a version (`drp generate`);
+    /// `false` for a drill report shown on request, which has no number.
+    #[serde(default = "recorded")]
+    pub recorded: bool,
     /// The drill a drill report is about.
     #[serde(default)]
     pub subject: Option<String>,
@@ -38,6 +42,10 @@ pub struct DocControl {
 
 fn default_doc_kind() -> String {
     "plan".into()
+}
+
+fn recorded() -> bool {
+    true
 }
 
 /// The approved version in force (the latest approval recorded).
@@ -62,6 +70,15 @@ pub struct VersionFacts {
     pub content_blake3: String,
     pub approved_by: Option<String>,
     pub approved_at: Option<i64>,
+    /// `plan`, `integrity` or `drill`.
+    #[serde(default = "default_doc_kind")]
+    pub kind: String,
+    /// The drill a drill report is about.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// blake3 of the generated file.
+    #[serde(default)]
+    pub file_blake3: Option<String>,
 }
 
 /// Person responsible for a system (penanggung jawab sistem, Pasal 19 ayat 3).
@@ -204,6 +221,19 @@ pub struct SystemFacts {
     pub drill_every_secs: Option<i64>,
     #[serde(default)]
     pub running_at: Site,
+    /// Alternate procedures (`[[alternative]]` of the definition); empty
+    /// means the system declares none, and the plan says so.
+    #[serde(default)]
+    pub alternatives: Vec<AlternativeFacts>,
+}
+
+/// An alternate procedure of a system (documentation, never run).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AlternativeFacts {
+    pub name: String,
+    pub description: String,
+    #[serde(default)]
+    pub command: Option<String>,
 }
 
 /// Outcome of a drill.
@@ -253,6 +283,91 @@ pub struct DrillFacts {
     /// blake3 of the drill's stored record, the evidence an auditor checks.
     #[serde(default)]
     pub record_blake3: Option<String>,
+    /// The drill's own log, filled only for the drill report of this drill
+    /// ([`super::live::drill_detail`]); `None` in the plan.
+    #[serde(default)]
+    pub detail: Option<DrillDetail>,
+}
+
+/// What a drill recorded for one system, for its report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DrillDetail {
+    /// The system as the drill recorded it (its definition may change later).
+    pub title: String,
+    pub opd: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+    pub rto_target_secs: i64,
+    pub rpo_target_secs: i64,
+    /// This system's outcome as recorded (`running` while the drill runs).
+    pub outcome: String,
+    /// `manual` or `scheduled`.
+    pub trigger: String,
+    /// Verdict of the whole drill run (all its systems).
+    pub run_outcome: String,
+    /// Where it was restored (sandbox, standby agent).
+    pub restore_place: String,
+    pub files_restored: u64,
+    pub bytes_restored: u64,
+    /// What verification said.
+    #[serde(default)]
+    pub verify_result: Option<String>,
+    /// RTO achieved, seconds with fractions (the plan rounds).
+    #[serde(default)]
+    pub rto_achieved: Option<f64>,
+    #[serde(default)]
+    pub rpo_achieved: Option<f64>,
+    pub snapshots: Vec<DrillSnapshot>,
+    /// The timestamped activity log.
+    pub steps: Vec<DrillStep>,
+}
+
+/// A snapshot a drill restored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DrillSnapshot {
+    pub agent: String,
+    pub dataset: String,
+    pub subdir: String,
+    pub snapshot: String,
+    /// Time of the data (start of the snapshot), Unix seconds.
+    pub data_at: i64,
+}
+
+/// One step of a drill (restore, verify, check, activation, teardown).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DrillStep {
+    pub seq: i64,
+    /// `restore`, `verify`, `check`, `activation` or `teardown`.
+    pub kind: String,
+    pub name: String,
+    pub started_at: i64,
+    #[serde(default)]
+    pub duration_secs: Option<f64>,
+    /// `passed`, `failed`, `skipped`, `running`.
+    pub outcome: String,
+    /// Output of checks and verification (kept for the report).
+    #[serde(default)]
+    pub output: String,
+}
+
+/// A failover or failback of a system (Lampiran O, Bab VII.3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SwitchFacts {
+    /// `failover-N` / `failback-N`.
+    pub id: String,
+    pub system: String,
+    /// `failover` or `failback`.
+    pub kind: String,
+    pub started_at: i64,
+    #[serde(default)]
+    pub ended_at: Option<i64>,
+    /// `succeeded`, `failed`, ...
+    pub outcome: String,
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// blake3 of the stored record.
+    #[serde(default)]
+    pub record_blake3: Option<String>,
 }
 
 fn default_kind() -> String {
@@ -264,6 +379,9 @@ fn default_kind() -> String {
 pub struct SystemsInput {
     pub systems: Vec<SystemFacts>,
     pub drills: Vec<DrillFacts>,
+    /// Every failover and failback (evidence).
+    #[serde(default)]
+    pub switches: Vec<SwitchFacts>,
 }
 
 /// An enrolled agent.
@@ -307,6 +425,9 @@ pub struct ScrubFacts {
     pub blobs_checked: u64,
     pub bytes_checked: u64,
     pub damaged_found: u64,
+    /// blake3 of the scrub's catalog record (Lampiran O).
+    #[serde(default)]
+    pub record_blake3: Option<String>,
 }
 
 /// Damage found by scrub.
@@ -353,6 +474,12 @@ pub struct PlanData {
     pub in_force: Option<ApprovalFacts>,
     /// Earlier versions, newest first.
     pub history: Vec<VersionFacts>,
+    /// Failovers and failbacks, newest first.
+    #[serde(default)]
+    pub switches: Vec<SwitchFacts>,
+    /// Drill and integrity reports generated (after-action reports), newest first.
+    #[serde(default)]
+    pub reports: Vec<VersionFacts>,
     /// Gaps, most severe first (computed by [`super::findings::compute`]).
     #[serde(default)]
     pub findings: Vec<Finding>,

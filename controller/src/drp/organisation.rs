@@ -48,11 +48,13 @@ struct RawOrg {
     #[serde(default)]
     references: Vec<String>,
     #[serde(default)]
-    related_plans: Vec<String>,
+    related_plans: Vec<Spanned<RelatedPlan>>,
     #[serde(default)]
     distribution: Vec<String>,
     #[serde(default)]
     contacts: Vec<ExternalContact>,
+    #[serde(default)]
+    vendors: Vec<Spanned<Vendor>>,
     #[serde(default)]
     training: Vec<Training>,
 }
@@ -126,6 +128,12 @@ pub struct StorageDeclaration {
     /// Who runs the site (own data centre, provider name).
     #[serde(default)]
     pub operator: String,
+    /// Street address of the DRC site (Lampiran F), optional.
+    #[serde(default)]
+    pub address: String,
+    /// How the team gets in and works there (access, keys, desks), optional.
+    #[serde(default)]
+    pub access: String,
 }
 
 impl StorageDeclaration {
@@ -215,6 +223,70 @@ pub struct ExternalContact {
     pub contact: String,
 }
 
+/// `[[vendors]]`: a provider (penyedia) the recovery may need: hardware,
+/// network, application developer, cloud or data-centre operator.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Vendor {
+    pub name: String,
+    /// What they provide, e.g. "Pengembang aplikasi SIMPEG".
+    pub service: String,
+    /// Phone, e-mail or both, as people should use them.
+    pub contact: String,
+    /// Contract or service agreement (number, support hours), optional.
+    #[serde(default)]
+    pub contract: Option<String>,
+    /// Systems they support (names of system definitions), optional.
+    #[serde(default)]
+    pub systems: Vec<String>,
+    /// Date the contact was last confirmed (YYYY-MM-DD), optional.
+    #[serde(default)]
+    pub verified: Option<String>,
+}
+
+/// `related_plans`: a plan carried out together with this one (incident
+/// response, an OPD's continuity plan). Either a title alone or a table
+/// with `title`, `owner` and `reference` (where the document is kept).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RelatedPlan {
+    pub title: String,
+    /// Who keeps it (unit or person), optional.
+    pub owner: Option<String>,
+    /// Its number or where it is kept, optional.
+    pub reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelatedPlanTable {
+    title: String,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RelatedPlanForm {
+    Title(String),
+    Table(RelatedPlanTable),
+}
+
+impl<'de> Deserialize<'de> for RelatedPlan {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Versions before the table form stored plain titles; both stay readable.
+        match RelatedPlanForm::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "a related plan is a title (\"...\") or a table { title = \"...\", owner = \"...\", reference = \"...\" }",
+            )
+        })? {
+            RelatedPlanForm::Title(title) => Ok(RelatedPlan { title, owner: None, reference: None }),
+            RelatedPlanForm::Table(t) => Ok(RelatedPlan { title: t.title, owner: t.owner, reference: t.reference }),
+        }
+    }
+}
+
 /// `[[training]]`: a training or exercise of the DRP team.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -238,11 +310,24 @@ pub struct Organisation {
     /// Further legal references the institution adds.
     pub references: Vec<String>,
     /// Related plans (incident response, OPD continuity plans).
-    pub related_plans: Vec<String>,
+    pub related_plans: Vec<RelatedPlan>,
     /// Recipients of controlled copies.
     pub distribution: Vec<String>,
     pub contacts: Vec<ExternalContact>,
+    /// Providers (penyedia), Lampiran B; absent in plans made before it existed.
+    #[serde(default)]
+    pub vendors: Vec<Vendor>,
     pub training: Vec<Training>,
+    /// No `organisation.toml` exists: [`Organisation::placeholder`] stands in
+    /// so a drill report can still be read; documents say it is missing.
+    #[serde(default)]
+    pub placeholder: bool,
+}
+
+/// `YYYY-MM-DD` with a real month and day.
+fn is_date(s: &str) -> bool {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s.trim(), &fmt).is_ok()
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -371,6 +456,38 @@ impl Organisation {
                 problems.push(OrgProblem { line: 0, key: key.into(), message: "must not be empty".into() });
             }
         }
+        for v in &raw.vendors {
+            let r = v.get_ref();
+            for (key, val) in
+                [("vendors.name", &r.name), ("vendors.service", &r.service), ("vendors.contact", &r.contact)]
+            {
+                if val.trim().is_empty() {
+                    problems.push(OrgProblem {
+                        line: at(&v.span()),
+                        key: key.into(),
+                        message: "must not be empty".into(),
+                    });
+                }
+            }
+            if let Some(d) = &r.verified {
+                if !is_date(d) {
+                    problems.push(OrgProblem {
+                        line: at(&v.span()),
+                        key: "vendors.verified".into(),
+                        message: format!("{d:?} is not a date YYYY-MM-DD"),
+                    });
+                }
+            }
+        }
+        for p in &raw.related_plans {
+            if p.get_ref().title.trim().is_empty() {
+                problems.push(OrgProblem {
+                    line: at(&p.span()),
+                    key: "related_plans.title".into(),
+                    message: "must not be empty".into(),
+                });
+            }
+        }
         if approvals.is_empty() && problems.is_empty() {
             problems.push(OrgProblem {
                 line: 0,
@@ -410,11 +527,73 @@ impl Organisation {
             },
             approvals,
             references: raw.references,
-            related_plans: raw.related_plans,
+            related_plans: raw.related_plans.into_iter().map(Spanned::into_inner).collect(),
             distribution: raw.distribution,
             contacts: raw.contacts,
+            vendors: raw.vendors.into_iter().map(Spanned::into_inner).collect(),
             training: raw.training,
+            placeholder: false,
         })
+    }
+
+    /// What stands in when `organisation.toml` does not exist yet: dashes
+    /// for every name, so a drill report (which needs little of it) can be
+    /// shown; a recorded plan still requires the real file.
+    pub fn placeholder() -> Self {
+        let nobody = Person {
+            id: "-".into(),
+            name: "—".into(),
+            position: "—".into(),
+            nip: None,
+            contact: "—".into(),
+            verified: None,
+        };
+        Organisation {
+            institution: Institution {
+                name: "—".into(),
+                unit: "—".into(),
+                unit_short: "—".into(),
+                address: "—".into(),
+                city: "—".into(),
+                regulation: "—".into(),
+                regulation_short: "—".into(),
+            },
+            document: DocumentSettings {
+                number_prefix: "—".into(),
+                classification: default_classification(),
+                review_period_secs: 365 * 86_400,
+                utc_offset_secs: crate::units::parse_offset(default_offset().get_ref())
+                    .map_or(0, |o| o.whole_seconds()),
+                timezone_label: default_tz(),
+            },
+            storage: StorageDeclaration {
+                country: String::new(),
+                city: "—".into(),
+                site: "—".into(),
+                operator: String::new(),
+                address: String::new(),
+                access: String::new(),
+            },
+            agencies: Vec::new(),
+            people: Vec::new(),
+            committee: Committee {
+                plan_owner: nobody.clone(),
+                coordinator: nobody.clone(),
+                deputy: None,
+                activation_authority: nobody.clone(),
+                activation_successor: nobody,
+                technical_team: Vec::new(),
+                auditors: Vec::new(),
+            },
+            approvals: Vec::new(),
+            references: Vec::new(),
+            related_plans: Vec::new(),
+            distribution: Vec::new(),
+            contacts: Vec::new(),
+            vendors: Vec::new(),
+            training: Vec::new(),
+            placeholder: true,
+        }
     }
 
     /// Name of an agency by code (the code itself when unknown).
@@ -436,6 +615,33 @@ mod tests {
         assert!(org.storage.in_indonesia());
         assert!(!org.approvals.is_empty());
         assert_eq!(org.document.review_period_secs, 365 * 86_400);
+    }
+
+    #[test]
+    fn vendors_and_related_plans_are_optional_and_validated() {
+        let org = Organisation::parse(EXAMPLE).unwrap();
+        assert!(org.vendors.len() >= 2 && org.vendors[0].systems == ["simpeg"]);
+        assert!(
+            org.related_plans.iter().any(|p| p.owner.is_some()) && org.related_plans.iter().any(|p| p.owner.is_none())
+        );
+        assert!(!org.storage.address.is_empty());
+        // Without them the file is still valid.
+        let cut = EXAMPLE.find("\n[[vendors]]").unwrap();
+        let bare = EXAMPLE[..cut]
+            .replace("address = \"Jl. Contoh No. 2", "# address = \"")
+            .replace("\naccess = ", "\n# access = ");
+        let org = Organisation::parse(&bare).unwrap();
+        assert!(org.vendors.is_empty() && org.storage.access.is_empty());
+        // An empty contact and a bad date name their line.
+        let bad =
+            EXAMPLE.replacen("contact = \"0800-000-000 (24 jam)\"", "contact = \" \"\nverified = \"2026-13-01\"", 1);
+        let problems = Organisation::parse(&bad).unwrap_err();
+        let line = bad.lines().position(|l| l.contains("PT Contoh Jaringan")).unwrap() + 1;
+        assert!(problems.iter().any(|p| p.key == "vendors.contact" && p.line.abs_diff(line) <= 1), "{problems:?}");
+        assert!(problems.iter().any(|p| p.key == "vendors.verified"), "{problems:?}");
+        let bad = EXAMPLE.replacen("{ title = \"Prosedur", "{ titel = \"Prosedur", 1);
+        let problems = Organisation::parse(&bad).unwrap_err();
+        assert!(problems[0].message.contains("related plan is a title"), "{problems:?}");
     }
 
     #[test]

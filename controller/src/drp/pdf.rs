@@ -250,6 +250,12 @@ impl<'a> Layout<'a> {
         let lines: Vec<Line> = if f == F::M {
             let mut v = Vec::new();
             for raw in text.split('\n') {
+                // A line that fits keeps its spaces (text diagrams, aligned
+                // output); a longer one wraps at spaces.
+                if !raw.is_empty() && self.m.width(F::M, size, raw) <= CW - 12.0 {
+                    v.push(vec![(F::M, raw.to_owned(), 0.0)]);
+                    continue;
+                }
                 v.extend(self.wrap(&format!("`{}`", raw.replace('`', "'")), F::M, size, CW - 12.0));
                 if raw.is_empty() {
                     v.push(Vec::new());

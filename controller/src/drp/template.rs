@@ -7,8 +7,10 @@
 //! Errors name the template file and line.
 //!
 //! Filters, in the template's language: `date`, `datetime`, `dur`, `bytes`,
-//! `decimal`, `cell` (safe in a table cell); functions: `agency(code)`,
-//! `last_drill(system)`, `drills(system)`, `findings_of(subject)`.
+//! `decimal`, `cell` (safe in a table cell), `pad(width)` (spaces up to a
+//! width, for text diagrams), `fenced` (a code block that holds any text),
+//! `secs` (seconds with one decimal); functions: `agency(code)`, `last_drill(system)`,
+//! `drills(system)`, `findings_of(subject)`, `system_of(agent, dataset)`.
 
 use std::path::{Path, PathBuf};
 
@@ -84,6 +86,28 @@ impl Templates {
             let s = if v.is_none() || v.is_undefined() { String::new() } else { v.to_string() };
             s.replace('|', "\\|").replace('\n', " ")
         });
+        env.add_filter("fenced", |v: String| super::doc::fenced(&v));
+        env.add_filter("secs", move |v: f64| format::decimal(lang, v));
+        env.add_filter("pad", |v: Value, width: usize| {
+            let s = if v.is_none() || v.is_undefined() { String::new() } else { v.to_string() };
+            let n = s.chars().count();
+            if n >= width {
+                s
+            } else {
+                format!("{s}{}", " ".repeat(width - n))
+            }
+        });
+        let systems: Vec<(String, String, String)> = plan
+            .systems
+            .iter()
+            .flat_map(|s| s.datasets.iter().map(|d| (d.agent.clone(), d.dataset.clone(), s.name.clone())))
+            .collect();
+        env.add_function("system_of", move |agent: String, dataset: String| {
+            systems
+                .iter()
+                .find(|(a, d, _)| *a == agent && *d == dataset)
+                .map_or(Value::from(()), |(_, _, s)| Value::from(s.clone()))
+        });
         let org = plan.organisation.clone();
         env.add_function("agency", move |code: String| org.agency_name(&code));
         let drills = plan.drills.clone();
@@ -126,12 +150,26 @@ impl Templates {
             }
         };
         let tmpl = env.get_template(&name).map_err(wrap)?;
+        // A drill covers one or more systems: one DrillFacts each, same id.
+        let runs: Vec<_> = match &plan.control.subject {
+            Some(id) => plan
+                .drills
+                .iter()
+                .filter(|d| &d.id == id)
+                .map(|d| {
+                    let system = plan.systems.iter().find(|s| s.name == d.system);
+                    minijinja::context! { drill => Value::from_serialize(d), system => Value::from_serialize(system) }
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let drill = plan.control.subject.as_ref().and_then(|id| plan.drills.iter().find(|d| &d.id == id));
         let system = drill.and_then(|d| plan.systems.iter().find(|s| s.name == d.system));
         tmpl.render(minijinja::context! {
             plan => Value::from_serialize(plan),
             drill => Value::from_serialize(drill),
             system => Value::from_serialize(system),
+            runs => Value::from(runs),
         })
         .map_err(wrap)
     }

@@ -72,6 +72,9 @@ fn one_server_per_data_directory_and_admin_commands_leave_uploads_alone() {
             let _ = self.0.wait();
         }
     }
+    // A leftover the first server removes once it holds the lock: written
+    // before it starts, so a fast start cannot clean up before it exists.
+    std::fs::write(d.join("store/tmp/marker-before"), b"x").unwrap();
     let first = KillOnDrop(
         ctl()
             .args(["serve", "--data-dir"])
@@ -84,7 +87,6 @@ fn one_server_per_data_directory_and_admin_commands_leave_uploads_alone() {
     // Generous: CI machines are shared and sometimes slow.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     // Wait until the first server holds the lock (it removes leftovers after).
-    std::fs::write(d.join("store/tmp/marker-before"), b"x").unwrap();
     while d.join("store/tmp/marker-before").exists() {
         assert!(std::time::Instant::now() < deadline, "server did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -102,6 +102,19 @@ impl DataDir {
         Ok(Store::open(&self.store_path())?)
     }
 
+    /// Converts a layout-1 store to the current layout
+    /// ([`crate::store::migrate`]); `None` when there was nothing to do.
+    /// The caller holds the serve lock; the GC lock is taken here (only
+    /// when there is work), so no GC, scrub or rebuild runs meanwhile.
+    pub fn migrate_store(&self) -> Result<Option<u64>> {
+        match Store::open(&self.store_path()) {
+            Err(crate::store::StoreError::OldLayout { .. }) => {}
+            _ => return Ok(None),
+        }
+        let _gc = self.lock_for_gc().context("converting the store to layout 2 needs the GC lock")?;
+        crate::store::migrate(&self.store_path()).context("converting the store to layout 2")
+    }
+
     /// Takes the data directory's server lock: one `serve` per directory.
     /// Held until the returned file is dropped.
     pub fn lock_for_serving(&self) -> Result<std::fs::File> {

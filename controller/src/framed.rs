@@ -137,6 +137,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         poll_fn(|cx| self.poll_write_out(cx)).await
     }
 
+    /// Writes what the stream takes now, without waiting for the rest
+    /// (answers that are ready while reading is paused for back-pressure).
+    pub async fn write_some(&mut self) -> io::Result<()> {
+        poll_fn(|cx| match self.poll_write_out(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => Poll::Ready(Ok(())),
+        })
+        .await
+    }
+
     /// Writes everything queued, then shuts the stream down.
     pub async fn finish(&mut self) -> io::Result<()> {
         poll_fn(|cx| self.poll_write_out(cx)).await?;

@@ -517,6 +517,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let dd = DataDir::new(&dir.data_dir);
             let cfg = dd.config()?;
             let _lock = dd.lock_for_serving()?;
+            if let Some(moved) = dd.migrate_store()? {
+                tracing::info!(blobs = moved, "store converted to layout 2 (one level of fan-out directories)");
+            }
             let store = dd.store()?;
             let removed = store.remove_leftovers()?;
             if removed > 0 {

@@ -8,21 +8,32 @@
 //! handshake fails. Connections are capped by a semaphore, handshakes and
 //! idle reads by timeouts, frames by [`MAX_FRAME_LEN`]. Shutdown is a
 //! [`CancellationToken`]; connection tasks are tracked and awaited.
+//!
+//! An agent's upload is pipelined: the connection task reads frames and
+//! hands the session's work (has-chunks, put-chunk, put-tree, commit,
+//! report) to one blocking worker per connection through a queue bounded
+//! by [`QUEUE_BYTES`], so TLS and frame decoding overlap with decompressing,
+//! hashing and writing earlier blobs. The worker handles jobs in order and
+//! answers in order; the first error ends the session as before, and a
+//! commit is answered by the worker only after every earlier blob is
+//! verified, durable and recorded ([`crate::session`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use pulih_core::formats::PROTOCOL_VERSION;
-use pulih_core::protocol::{ErrorCode, Message, ALPN_ENROLL};
+use pulih_core::protocol::{DatasetReport, ErrorCode, Message, ALPN_ENROLL};
 use pulih_core::tls::{self, ClientCheck, Fingerprint};
-use pulih_core::{now_ns, AgentName};
+use pulih_core::{now_ns, AgentName, ChunkId, TreeId};
 use rustls::pki_types::CertificateDer;
 use rustls::server::Acceptor;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
@@ -35,6 +46,82 @@ use crate::standby::JobSession;
 
 /// Most answer bytes queued for an agent that does not read them.
 const MAX_PENDING_OUT: usize = 16 * 1024 * 1024;
+
+/// Most frame bytes received and waiting for (or in) a session's worker;
+/// a larger frame (up to `MAX_FRAME_LEN`) waits until the queue is empty.
+/// Beyond it the connection stops reading and TCP slows the agent down, so
+/// a session holds at most this much plus one frame (and the worker's one
+/// blob being decoded). 8 MiB is half the agent's 16 MiB upload window, so
+/// the agent still has answers coming while the queue is full.
+pub const QUEUE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Work for a session's worker, in the order the frames arrived.
+enum Job {
+    Missing(Vec<ChunkId>),
+    Chunk(ChunkId, u32, Vec<u8>),
+    Tree(TreeId, u32, Vec<u8>),
+    Commit(Vec<u8>),
+    Report(Vec<DatasetReport>),
+}
+
+/// The worker's side of a session: answers (or the session's error) go back
+/// in order; a job's permit returns its bytes to the queue when done.
+type Reply = Result<Message, SessionError>;
+
+/// Runs a session's jobs in order until the queue closes, `stop` is set or
+/// a job fails (its error is the last reply).
+fn run_worker(
+    mut session: UploadSession,
+    mut jobs: mpsc::UnboundedReceiver<(Job, OwnedSemaphorePermit)>,
+    replies: mpsc::UnboundedSender<Reply>,
+    stop: Arc<AtomicBool>,
+) {
+    while let Some((job, permit)) = jobs.blocking_recv() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let res = match job {
+            Job::Missing(ids) => session.missing(&ids).map(|ids| Some(Message::Missing { ids })),
+            Job::Chunk(id, raw_len, data) => session.put_chunk(id, raw_len, data).map(|()| None),
+            Job::Tree(id, raw_len, data) => session.put_tree(id, raw_len, data).map(|()| None),
+            Job::Commit(record) => session
+                .commit(&record)
+                .map(|(id, bytes_new, blobs_new)| Some(Message::Committed { id, bytes_new, blobs_new })),
+            Job::Report(datasets) => session.report(&datasets).map(|repair| Some(Message::ReportOk { repair })),
+        };
+        let failed = res.is_err();
+        // The answer is in the channel before the permit returns, so once
+        // every permit is back, every answer can be read.
+        match res {
+            Ok(Some(m)) => {
+                let _ = replies.send(Ok(m));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = replies.send(Err(e));
+            }
+        }
+        drop(permit);
+        if failed {
+            break;
+        }
+    }
+    // Dropping the session waits for its checkpoint in flight.
+}
+
+/// The connection task's end of a session's worker.
+struct Pipeline {
+    jobs: mpsc::UnboundedSender<(Job, OwnedSemaphorePermit)>,
+    replies: mpsc::UnboundedReceiver<Reply>,
+    queue: Arc<Semaphore>,
+}
+
+impl Pipeline {
+    /// Whether the worker has queued or running jobs.
+    fn busy(&self) -> bool {
+        self.queue.available_permits() < QUEUE_BYTES
+    }
+}
 
 /// Limits of the server.
 #[derive(Debug, Clone)]
@@ -237,9 +324,23 @@ impl Server {
         shutdown: CancellationToken,
     ) -> Result<()> {
         let mut conn = Framed::new(stream);
-        let session = Arc::new(Mutex::new(UploadSession::new(self.backend.clone(), agent_id, agent.clone())));
+        let session = UploadSession::new(self.backend.clone(), agent_id, agent.clone());
         let jobs = Arc::new(Mutex::new(JobSession::new(self.backend.clone(), agent.clone())));
-        let result = self.session_loop(&mut conn, session, jobs, shutdown, &agent).await;
+        let (job_tx, job_rx) = mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let stop = stop.clone();
+            tokio::task::spawn_blocking(move || run_worker(session, job_rx, reply_tx, stop))
+        };
+        let mut pipe = Pipeline { jobs: job_tx, replies: reply_rx, queue: Arc::new(Semaphore::new(QUEUE_BYTES)) };
+        let result = self.session_loop(&mut conn, &mut pipe, jobs, shutdown, &agent, agent_id).await;
+        // Whatever is still queued is abandoned (the agent resends it); the
+        // job being handled and a checkpoint in flight finish first, so the
+        // catalog is never left to a thread nobody waits for.
+        stop.store(true, Ordering::Relaxed);
+        drop(pipe);
+        let _ = worker.await;
         if let Err(e) = &result {
             let (code, message) = match e.downcast_ref::<SessionError>() {
                 Some(se) => (se.code, se.message.clone()),
@@ -256,23 +357,116 @@ impl Server {
         result
     }
 
+    /// Handles one answer of the worker: queued for the agent, or the
+    /// session's error (a fatal store error is remembered so the server
+    /// stops, F4).
+    fn on_reply<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut Framed<S>,
+        reply: Option<Reply>,
+    ) -> Result<(), SessionError> {
+        match reply {
+            Some(Ok(msg)) => {
+                conn.queue(&msg);
+                // An agent that never reads its answers cannot make us buffer
+                // without bound.
+                if conn.pending_out() > MAX_PENDING_OUT {
+                    return Err(SessionError::new(ErrorCode::Protocol, "agent does not read its answers"));
+                }
+                Ok(())
+            }
+            Some(Err(e)) => {
+                if e.fatal {
+                    *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.message.clone());
+                }
+                Err(e)
+            }
+            None => Err(SessionError::new(ErrorCode::Storage, "internal error: the session's worker stopped")),
+        }
+    }
+
+    /// Queues a job for the worker once the queue has room for `bytes`;
+    /// answers arriving meanwhile are sent as far as the socket takes them
+    /// without waiting (the agent may be waiting for one of them).
+    async fn submit<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut Framed<S>,
+        pipe: &mut Pipeline,
+        job: Job,
+        bytes: usize,
+    ) -> Result<(), SessionError> {
+        let n = bytes.clamp(1, QUEUE_BYTES) as u32;
+        let permit = loop {
+            tokio::select! {
+                biased;
+                r = pipe.replies.recv() => {
+                    self.on_reply(conn, r)?;
+                    let _ = conn.write_some().await;
+                }
+                p = pipe.queue.clone().acquire_many_owned(n) => {
+                    break p.map_err(|_| SessionError::new(ErrorCode::Storage, "internal error: queue closed"))?;
+                }
+            }
+        };
+        pipe.jobs
+            .send((job, permit))
+            .map_err(|_| SessionError::new(ErrorCode::Storage, "internal error: the session's worker stopped"))
+    }
+
+    /// Waits until the worker has handled every queued job and its answers
+    /// are queued for the agent: frames handled outside the worker are
+    /// answered after the ones before them.
+    async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut Framed<S>,
+        pipe: &mut Pipeline,
+    ) -> Result<(), SessionError> {
+        loop {
+            tokio::select! {
+                biased;
+                r = pipe.replies.recv() => self.on_reply(conn, r)?,
+                p = pipe.queue.acquire_many(QUEUE_BYTES as u32) => {
+                    drop(p);
+                    break;
+                }
+            }
+        }
+        while let Ok(r) = pipe.replies.try_recv() {
+            self.on_reply(conn, Some(r))?;
+        }
+        Ok(())
+    }
+
     async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         conn: &mut Framed<S>,
-        session: Arc<Mutex<UploadSession>>,
+        pipe: &mut Pipeline,
         jobs: Arc<Mutex<JobSession>>,
         shutdown: CancellationToken,
         agent: &str,
+        agent_id: i64,
     ) -> Result<()> {
         let mut greeted = false;
         loop {
             let msg = tokio::select! {
+                biased;
+                r = pipe.replies.recv() => {
+                    self.on_reply(conn, r)?;
+                    continue;
+                }
                 _ = shutdown.cancelled() => {
                     conn.queue(&Message::Error { code: ErrorCode::Unavailable, message: "controller is shutting down".into() });
                     return Ok(());
                 }
-                r = tokio::time::timeout(self.limits.idle_timeout, conn.next()) => r.context("agent idle too long")??,
+                r = tokio::time::timeout(self.limits.idle_timeout, conn.next()) => match r {
+                    Ok(r) => r?,
+                    // The agent may be waiting for our answer.
+                    Err(_) if pipe.busy() => continue,
+                    Err(e) => return Err(anyhow::Error::new(e).context("agent idle too long")),
+                },
             };
+            // The agent hung up: what is still queued is abandoned, as an
+            // upload cut before its commit always was (F11).
             let Some(msg) = msg else { return Ok(()) };
             let reply = match msg {
                 Message::Hello { version, software } => {
@@ -296,29 +490,44 @@ impl Server {
                     return Err(SessionError::new(ErrorCode::Protocol, "expected hello first").into());
                 }
                 Message::HasChunks { ids } => {
-                    let missing = self.blocking(&session, move |s| s.missing(&ids)).await?;
-                    Some(Message::Missing { ids: missing })
+                    let n = ids.len() * 32;
+                    self.submit(conn, pipe, Job::Missing(ids), n).await?;
+                    None
                 }
                 Message::PutChunk { id, raw_len, data } => {
-                    self.blocking(&session, move |s| s.put_chunk(id, raw_len, data)).await?;
+                    let n = data.len();
+                    self.submit(conn, pipe, Job::Chunk(id, raw_len, data), n).await?;
                     None
                 }
                 Message::PutTree { id, raw_len, data } => {
-                    self.blocking(&session, move |s| s.put_tree(id, raw_len, data)).await?;
+                    let n = data.len();
+                    self.submit(conn, pipe, Job::Tree(id, raw_len, data), n).await?;
                     None
                 }
                 Message::Commit { record } => {
-                    let (id, bytes_new, blobs_new) = self.blocking(&session, move |s| s.commit(&record)).await?;
-                    Some(Message::Committed { id, bytes_new, blobs_new })
+                    let n = record.len();
+                    self.submit(conn, pipe, Job::Commit(record), n).await?;
+                    None
                 }
                 Message::Report { datasets } => {
-                    let repair = self.blocking(&session, move |s| s.report(&datasets)).await?;
-                    Some(Message::ReportOk { repair })
+                    self.submit(conn, pipe, Job::Report(datasets), 1).await?;
+                    None
                 }
-                Message::Renew { csr_der } => Some(self.renew(&session, agent, csr_der).await?),
-                Message::JobPoll => Some(job_work(&jobs, |j| j.poll()).await?),
-                Message::FetchTree { id } => Some(job_work(&jobs, move |j| j.fetch_tree(id)).await?),
+                // Frames handled here are answered after everything before them.
+                Message::Renew { csr_der } => {
+                    self.settle(conn, pipe).await?;
+                    Some(self.renew(agent_id, agent, csr_der).await?)
+                }
+                Message::JobPoll => {
+                    self.settle(conn, pipe).await?;
+                    Some(job_work(&jobs, |j| j.poll()).await?)
+                }
+                Message::FetchTree { id } => {
+                    self.settle(conn, pipe).await?;
+                    Some(job_work(&jobs, move |j| j.fetch_tree(id)).await?)
+                }
                 Message::FetchChunks { ids } => {
+                    self.settle(conn, pipe).await?;
                     for m in job_work(&jobs, move |j| j.fetch_chunks(&ids)).await? {
                         conn.queue(&m);
                         // Large answers go out in parts, so the buffer stays bounded.
@@ -329,6 +538,7 @@ impl Server {
                     None
                 }
                 Message::JobDone { id, ok, message, detail } => {
+                    self.settle(conn, pipe).await?;
                     Some(job_work(&jobs, move |j| j.done(id, ok, &message, &detail)).await?)
                 }
                 other => {
@@ -352,14 +562,8 @@ impl Server {
 
     /// Signs a new certificate for the session's agent. The name comes from
     /// the authenticated session, never from the request.
-    async fn renew(
-        &self,
-        session: &Arc<Mutex<UploadSession>>,
-        agent: &str,
-        csr_der: Vec<u8>,
-    ) -> Result<Message, SessionError> {
+    async fn renew(&self, agent_id: i64, agent: &str, csr_der: Vec<u8>) -> Result<Message, SessionError> {
         let name = AgentName::new(agent).map_err(|e| SessionError::new(ErrorCode::Protocol, e.to_string()))?;
-        let agent_id = session.lock().unwrap_or_else(|e| e.into_inner()).agent_id;
         let since = crate::catalog::now_secs() - 86_400;
         let recent = self
             .backend
@@ -392,28 +596,6 @@ impl Server {
         )?;
         info!(agent = %name, serial = %info.serial, not_after = info.not_after, "agent certificate renewed");
         Ok(Message::Renewed { cert_der: cert.to_vec() })
-    }
-
-    /// Runs session work on the blocking pool; a fatal store error is
-    /// remembered so the server stops (F4).
-    async fn blocking<T: Send + 'static>(
-        &self,
-        session: &Arc<Mutex<UploadSession>>,
-        f: impl FnOnce(&mut UploadSession) -> Result<T, SessionError> + Send + 'static,
-    ) -> Result<T, SessionError> {
-        let s = session.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let mut guard = s.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| SessionError::new(ErrorCode::Storage, format!("internal error: {e}")))?;
-        if let Err(e) = &res {
-            if e.fatal {
-                *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.message.clone());
-            }
-        }
-        res
     }
 }
 

@@ -7,11 +7,18 @@
 //! catalog in one transaction, after which the catalog answers for them. So
 //! a killed upload loses at most the work since its last checkpoint, and the
 //! next attempt resends only that (F11).
+//!
+//! A checkpoint reached while blobs keep arriving runs on a thread of its
+//! own (`syncfs`, then one catalog transaction for the batch), so verifying
+//! and writing the next batch goes on meanwhile; at most one checkpoint is
+//! in flight, and its blobs stay in `received` until it has recorded them.
+//! A commit waits for every earlier checkpoint and makes the rest durable
+//! itself before it answers.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use pulih_core::codec::{self, CodecError};
+use pulih_core::codec::{CodecError, Decompressor};
 use pulih_core::formats::{CHUNKER_VERSION, MAX_TREE_LEN};
 use pulih_core::protocol::{DatasetReport, ErrorCode};
 use pulih_core::snapshot::SnapshotRecord;
@@ -19,7 +26,7 @@ use pulih_core::tree::Tree;
 use pulih_core::{ChunkId, SnapshotId, TreeId};
 use tracing::{debug, info, warn};
 
-use crate::catalog::{now_secs, Catalog, CatalogError};
+use crate::catalog::{now_secs, BlobState, Catalog, CatalogError};
 use crate::store::{BlobRef, Store, StoreError};
 
 /// Default: checkpoint after this many bytes written since the last one.
@@ -66,15 +73,47 @@ pub struct Backend {
     pub checkpoint_bytes: u64,
 }
 
+/// Blobs staged since the last checkpoint, and what a checkpoint records.
+#[derive(Debug, Default)]
+struct Batch {
+    pending: Vec<(BlobRef, u64, u64)>,
+    pending_bytes: u64,
+    /// Stored blobs this session relied on since its last checkpoint; their
+    /// `touched_at` is written at the checkpoint (see crate::gc).
+    touched: HashSet<BlobRef>,
+    /// Staged blobs that were already stored, so not written again.
+    unwritten: HashSet<BlobRef>,
+    /// Damaged blobs replaced by a verified copy since the last checkpoint.
+    repairs: Vec<BlobRef>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.touched.is_empty()
+    }
+}
+
+/// A checkpoint running on its own thread.
+#[derive(Debug)]
+struct Inflight {
+    handle: std::thread::JoinHandle<Result<(), SessionError>>,
+    /// Its blobs, dropped from `received` once it recorded them.
+    blobs: Vec<BlobRef>,
+}
+
 /// Per-connection upload state.
 #[derive(Debug)]
 pub struct UploadSession {
     backend: Arc<Backend>,
     pub agent_id: i64,
     pub agent: String,
+    /// Blobs verified and staged but not yet recorded by a finished
+    /// checkpoint (the current batch and the one in flight).
     received: HashSet<BlobRef>,
-    pending: Vec<(BlobRef, u64, u64)>,
-    pending_bytes: u64,
+    batch: Batch,
+    inflight: Option<Inflight>,
+    /// One zstd context for every blob of the session.
+    dec: Decompressor,
     /// Bytes physically added to the store (for the catalog).
     stored_new: u64,
     /// Blobs and bytes new to *this agent* (reported to it). Counting what
@@ -82,16 +121,9 @@ pub struct UploadSession {
     /// agency already stores a given content (F16).
     bytes_new: u64,
     blobs_new: u64,
-    /// Stored blobs this session relied on since its last checkpoint; their
-    /// `touched_at` is written at the checkpoint (see crate::gc).
-    touched: HashSet<BlobRef>,
-    /// Staged blobs that were already stored, so not written again.
-    unwritten: HashSet<BlobRef>,
     /// When the session first relied on a stored blob since its last
     /// commit (Unix seconds).
     first_touch: Option<i64>,
-    /// Damaged blobs replaced by a verified copy since the last checkpoint.
-    repairs: Vec<BlobRef>,
 }
 
 impl UploadSession {
@@ -101,22 +133,20 @@ impl UploadSession {
             agent_id,
             agent,
             received: HashSet::new(),
-            pending: Vec::new(),
-            pending_bytes: 0,
+            batch: Batch::default(),
+            inflight: None,
+            dec: Decompressor::new(),
             stored_new: 0,
             bytes_new: 0,
             blobs_new: 0,
-            touched: HashSet::new(),
-            unwritten: HashSet::new(),
             first_touch: None,
-            repairs: Vec::new(),
         }
     }
 
     /// Notes that the session relies on a stored blob.
     fn rely(&mut self, blob: BlobRef) {
         self.first_touch.get_or_insert_with(now_secs);
-        self.touched.insert(blob);
+        self.batch.touched.insert(blob);
     }
 
     fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
@@ -127,6 +157,11 @@ impl UploadSession {
 
     fn known(&self, cat: &Catalog, blob: &BlobRef) -> Result<bool, CatalogError> {
         Ok(self.received.contains(blob) || cat.agent_has(self.agent_id, blob)?)
+    }
+
+    /// Durable, owned by this agent, damaged: one catalog query.
+    fn state(&self, cat: &Catalog, blob: &BlobRef) -> Result<BlobState, CatalogError> {
+        cat.blob_state(self.agent_id, blob)
     }
 
     /// The chunks of `ids` this agent has not stored (answer to has-chunks).
@@ -140,7 +175,10 @@ impl UploadSession {
             for id in ids {
                 let blob = BlobRef::chunk(id);
                 let have = self.received.contains(&blob)
-                    || (cat.agent_has(self.agent_id, &blob)? && !cat.blob_damaged(&blob)? && {
+                    || ({
+                        let st = self.state(&cat, &blob)?;
+                        st.owned && !st.damaged
+                    } && {
                         // Never let an agent deduplicate against a file that is
                         // gone (F7, F15): forget it and ask for it again.
                         let present = self.backend.store.present(&blob)?;
@@ -174,13 +212,15 @@ impl UploadSession {
 
     /// Verifies and stages a chunk (F23, F25, F26).
     pub fn put_chunk(&mut self, id: ChunkId, raw_len: u32, data: Vec<u8>) -> Result<(), SessionError> {
-        codec::open_chunk(&id, &data, raw_len.into()).map_err(|e| integrity("chunk", &id.to_hex(), e))?;
+        self.dec.open_chunk(&id, &data, raw_len.into()).map_err(|e| integrity("chunk", &id.to_hex(), e))?;
         self.stage(BlobRef::chunk(&id), raw_len.into(), &data)
     }
 
     /// Verifies and stages a tree whose references are all known.
     pub fn put_tree(&mut self, id: TreeId, raw_len: u32, data: Vec<u8>) -> Result<(), SessionError> {
-        let plain = codec::decompress_exact(&data, raw_len.into(), MAX_TREE_LEN)
+        let plain = self
+            .dec
+            .decompress_exact(&data, raw_len.into(), MAX_TREE_LEN)
             .map_err(|e| integrity("tree", &id.to_hex(), e))?;
         let actual = TreeId::of(&plain);
         if actual != id {
@@ -201,13 +241,15 @@ impl UploadSession {
             // re-uploads all that is gone in one go.
             let mut missing: Vec<BlobRef> = Vec::new();
             for r in refs {
-                let absent = if self.received.contains(&r) {
-                    false
-                } else if cat.blob_damaged(&r)? {
+                if self.received.contains(&r) {
+                    continue;
+                }
+                let st = self.state(&cat, &r)?;
+                let absent = if st.damaged {
                     // Asking for it again repairs it (or, for a tree the
                     // agent cannot rebuild, keeps it out of new snapshots).
                     true
-                } else if cat.agent_has(self.agent_id, &r)? {
+                } else if st.owned {
                     // Deduplicated against an earlier upload: make sure it
                     // is still there before trusting it (F15).
                     if self.backend.store.present(&r)? {
@@ -248,89 +290,80 @@ impl UploadSession {
         if self.received.contains(&blob) {
             return Ok(());
         }
-        let (durable, owned, damaged) = {
-            let cat = self.catalog();
-            (cat.blob_durable(&blob)?, cat.agent_has(self.agent_id, &blob)?, cat.blob_damaged(&blob)?)
-        };
+        let BlobState { durable, owned, damaged } = self.state(&self.catalog(), &blob)?;
         if !durable {
             self.backend.store.put_unsynced(&blob, data)?;
             self.stored_new += data.len() as u64;
-            self.pending_bytes += data.len() as u64;
+            self.batch.pending_bytes += data.len() as u64;
         } else if damaged {
             // Self-healing: a verified copy replaces the damaged file
             // (temp + rename now, synced at the checkpoint that marks it
             // repaired).
             self.backend.store.put_unsynced(&blob, data)?;
-            self.pending_bytes += data.len() as u64;
-            self.repairs.push(blob);
+            self.batch.pending_bytes += data.len() as u64;
+            self.batch.repairs.push(blob);
             info!(agent = %self.agent, blob = %blob.hex(), kind = blob.kind.name(), "damaged blob replaced by a verified copy");
         } else {
             self.first_touch.get_or_insert_with(now_secs);
-            self.unwritten.insert(blob);
+            self.batch.unwritten.insert(blob);
         }
         if !owned {
             self.bytes_new += data.len() as u64;
             self.blobs_new += 1;
         }
-        self.pending.push((blob, raw_len, data.len() as u64));
+        self.batch.pending.push((blob, raw_len, data.len() as u64));
         self.received.insert(blob);
-        if self.pending_bytes >= self.backend.checkpoint_bytes || self.pending.len() >= CHECKPOINT_BLOBS {
-            self.checkpoint()?;
+        if self.batch.pending_bytes >= self.backend.checkpoint_bytes || self.batch.pending.len() >= CHECKPOINT_BLOBS {
+            self.checkpoint_in_background()?;
         }
         Ok(())
     }
 
-    /// Syncs the store and records everything staged so far (F1, F2),
-    /// with the touches of the blobs relied on (see crate::gc). Fails with
-    /// a retryable error if garbage collection removed one of those since
-    /// it was checked.
-    pub fn checkpoint(&mut self) -> Result<(), SessionError> {
-        if self.pending.is_empty() && self.touched.is_empty() {
+    /// Waits for the checkpoint in flight, if any; its blobs are then
+    /// answered for by the catalog. Its error (a failed sync, blobs removed
+    /// by GC meanwhile) is the session's.
+    fn join_inflight(&mut self) -> Result<(), SessionError> {
+        let Some(Inflight { handle, blobs }) = self.inflight.take() else { return Ok(()) };
+        let res = handle.join().unwrap_or_else(|_| {
+            Err(SessionError::new(ErrorCode::Storage, "internal error: checkpoint thread panicked"))
+        });
+        for b in &blobs {
+            self.received.remove(b);
+        }
+        res
+    }
+
+    /// Starts a checkpoint of the current batch on its own thread, after
+    /// the previous one finished: receiving and verifying go on during the
+    /// `syncfs`. The batch's blobs stay in `received` until it is recorded.
+    fn checkpoint_in_background(&mut self) -> Result<(), SessionError> {
+        self.join_inflight()?;
+        let batch = std::mem::take(&mut self.batch);
+        if batch.is_empty() {
             return Ok(());
         }
-        if self.pending_bytes > 0 {
-            self.backend.store.sync()?;
-        }
-        let gone = {
-            let mut cat = self.catalog();
-            let tx = cat.immediate()?;
-            // Blobs staged without being written must still exist before
-            // their ownership is recorded: touch them first.
-            let now = now_secs();
-            let gone = Catalog::touch_blobs(&tx, self.unwritten.iter().chain(&self.touched), now)?;
-            let gone_set: HashSet<BlobRef> = gone.iter().copied().collect();
-            let keep: Vec<(BlobRef, u64, u64)> =
-                self.pending.iter().filter(|p| !gone_set.contains(&p.0)).copied().collect();
-            Catalog::record_blobs(&tx, self.agent_id, &keep)?;
-            for r in &self.repairs {
-                Catalog::mark_repaired(&tx, r)?;
-            }
-            tx.commit().map_err(CatalogError::from)?;
-            if !self.repairs.is_empty() {
-                let ok = crate::scrub::refresh_damaged_snapshots(&self.backend.store, &mut cat)?;
-                info!(agent = %self.agent, repaired = self.repairs.len(), snapshots_ok_again = ok, "damaged blobs repaired");
-            }
-            gone
-        };
-        debug!(agent = %self.agent, blobs = self.pending.len(), bytes = self.pending_bytes, "checkpoint");
-        self.pending.clear();
-        self.received.clear();
-        self.touched.clear();
-        self.unwritten.clear();
-        self.repairs.clear();
-        self.pending_bytes = 0;
-        if let Some(first) = gone.first() {
-            return Err(SessionError::new(
-                ErrorCode::MissingReference,
-                format!(
-                    "{} stored blob(s) this upload relies on were removed by garbage collection meanwhile, first {} {}; retry to send them again",
-                    gone.len(),
-                    first.kind.name(),
-                    first.hex()
-                ),
-            ));
-        }
+        let blobs: Vec<BlobRef> = batch.pending.iter().map(|p| p.0).collect();
+        let (backend, agent_id, agent) = (self.backend.clone(), self.agent_id, self.agent.clone());
+        let handle = std::thread::Builder::new()
+            .name("pulih-checkpoint".into())
+            .spawn(move || record_batch(&backend, agent_id, &agent, batch))
+            .map_err(|e| SessionError::new(ErrorCode::Storage, format!("cannot start a checkpoint thread: {e}")))?;
+        self.inflight = Some(Inflight { handle, blobs });
         Ok(())
+    }
+
+    /// Syncs the store and records everything staged so far (F1, F2),
+    /// with the touches of the blobs relied on (see crate::gc), after any
+    /// checkpoint in flight. Fails with a retryable error if garbage
+    /// collection removed one of those since it was checked.
+    pub fn checkpoint(&mut self) -> Result<(), SessionError> {
+        self.join_inflight()?;
+        let batch = std::mem::take(&mut self.batch);
+        self.received.clear();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        record_batch(&self.backend, self.agent_id, &self.agent, batch)
     }
 
     /// Commits a snapshot whose root tree is stored (atomic: F6).
@@ -427,6 +460,59 @@ impl UploadSession {
         self.blobs_new = 0;
         Ok((id, bytes_new, blobs_new))
     }
+}
+
+impl Drop for UploadSession {
+    /// A checkpoint in flight finishes before the session is gone (its
+    /// thread uses the catalog; a server shutting down waits for it).
+    fn drop(&mut self) {
+        if let Err(e) = self.join_inflight() {
+            debug!(agent = %self.agent, error = %e, "checkpoint of an ended session failed");
+        }
+    }
+}
+
+/// Makes a batch durable and records it: `syncfs` if anything was written,
+/// then one catalog transaction with the blobs, their ownership and the
+/// touches of what the batch relied on.
+fn record_batch(backend: &Backend, agent_id: i64, agent: &str, batch: Batch) -> Result<(), SessionError> {
+    if batch.pending_bytes > 0 {
+        backend.store.sync()?;
+    }
+    let gone = {
+        let mut cat = backend.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = cat.immediate()?;
+        // Blobs staged without being written must still exist before
+        // their ownership is recorded: touch them first.
+        let now = now_secs();
+        let gone = Catalog::touch_blobs(&tx, batch.unwritten.iter().chain(&batch.touched), now)?;
+        let gone_set: HashSet<BlobRef> = gone.iter().copied().collect();
+        let keep: Vec<(BlobRef, u64, u64)> =
+            batch.pending.iter().filter(|p| !gone_set.contains(&p.0)).copied().collect();
+        Catalog::record_blobs(&tx, agent_id, &keep)?;
+        for r in &batch.repairs {
+            Catalog::mark_repaired(&tx, r)?;
+        }
+        tx.commit().map_err(CatalogError::from)?;
+        if !batch.repairs.is_empty() {
+            let ok = crate::scrub::refresh_damaged_snapshots(&backend.store, &mut cat)?;
+            info!(%agent, repaired = batch.repairs.len(), snapshots_ok_again = ok, "damaged blobs repaired");
+        }
+        gone
+    };
+    debug!(%agent, blobs = batch.pending.len(), bytes = batch.pending_bytes, "checkpoint");
+    if let Some(first) = gone.first() {
+        return Err(SessionError::new(
+            ErrorCode::MissingReference,
+            format!(
+                "{} stored blob(s) this upload relies on were removed by garbage collection meanwhile, first {} {}; retry to send them again",
+                gone.len(),
+                first.kind.name(),
+                first.hex()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn integrity(kind: &str, id: &str, e: CodecError) -> SessionError {

@@ -1,9 +1,9 @@
 //! The content-addressed blob store at the DRC.
 //!
 //! ```text
-//! store/FORMAT                 "pulih-store 1"
-//! store/chunks/ab/cd/<id>      one zstd frame, plaintext hashes to <id>
-//! store/trees/ab/cd/<id>       one zstd frame of a tree blob
+//! store/FORMAT                 "pulih-store 2" (the layout version)
+//! store/chunks/ab/<id>         one zstd frame, plaintext hashes to <id>
+//! store/trees/ab/<id>          one zstd frame of a tree blob
 //! store/snapshots/<id>         canonical snapshot record (uncompressed)
 //! store/tmp/                   writes in progress; emptied at startup
 //! ```
@@ -18,6 +18,15 @@
 //! A failed sync is fatal (F4): the caller stops instead of retrying.
 //!
 //! Snapshot records are few and are written with fsync of file and directory.
+//!
+//! Layout 2 fans blobs out over one level of 256 directories (the first two
+//! hex digits of the id), all created with the store. Layout 1 had two
+//! levels (`chunks/ab/cd/<id>`, 65,536 possible directories created on
+//! demand): a fresh 1 GiB backup created ~22,000 directories, one per
+//! chunk in practice, each a `mkdir` after a failed `rename` and a 4 KiB
+//! block. ext4's hashed directories keep lookups fast with hundreds of
+//! thousands of names per directory, so one level is enough. [`migrate`]
+//! converts a layout-1 store; every other opener refuses one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -90,6 +99,8 @@ pub enum StoreError {
     Sync { path: PathBuf, source: io::Error },
     #[error("{path} is not a Pulih store (missing or unknown FORMAT file)")]
     NotAStore { path: PathBuf },
+    #[error("the store at {path} uses layout 1 (an older Pulih); `pulih-controller serve` converts it to layout 2 when it starts (stop any running controller first), then this command works again")]
+    OldLayout { path: PathBuf },
     #[error("{kind} {id} is missing from the store")]
     Missing { kind: &'static str, id: String },
 }
@@ -101,7 +112,16 @@ impl StoreError {
     }
 }
 
-const FORMAT: &str = "pulih-store 1\n";
+const FORMAT: &str = "pulih-store 2\n";
+const FORMAT_V1: &str = "pulih-store 1\n";
+
+/// The store layout written and read by this version.
+pub const LAYOUT: u32 = 2;
+
+/// The 256 fan-out directory names ("00" to "ff").
+fn fanout() -> impl Iterator<Item = String> {
+    (0..=255u8).map(|b| format!("{b:02x}"))
+}
 
 /// The blob store.
 #[derive(Debug)]
@@ -117,8 +137,13 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 impl Store {
     /// Creates an empty store at `root` (which must not exist or be empty).
     pub fn create(root: &Path) -> Result<Self, StoreError> {
-        for d in ["chunks", "trees", "snapshots", "tmp"] {
+        for d in ["snapshots", "tmp"] {
             fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
+        }
+        for kind in [BlobKind::Chunk, BlobKind::Tree] {
+            for sub in fanout() {
+                fs::create_dir_all(root.join(kind.dir()).join(sub)).map_err(io_err(root))?;
+            }
         }
         let fmt = root.join("FORMAT");
         write_durable(&fmt, FORMAT.as_bytes())?;
@@ -129,6 +154,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         match fs::read_to_string(root.join("FORMAT")) {
             Ok(s) if s == FORMAT => {}
+            Ok(s) if s == FORMAT_V1 => return Err(StoreError::OldLayout { path: root.to_owned() }),
             _ => return Err(StoreError::NotAStore { path: root.to_owned() }),
         }
         Ok(Self { root: root.to_owned(), tmp_seq: AtomicU64::new(0) })
@@ -158,7 +184,7 @@ impl Store {
     /// Final path of a blob.
     pub fn blob_path(&self, blob: &BlobRef) -> PathBuf {
         let h = blob.hex();
-        self.root.join(blob.kind.dir()).join(&h[0..2]).join(&h[2..4]).join(h)
+        self.root.join(blob.kind.dir()).join(&h[0..2]).join(h)
     }
 
     fn tmp_path(&self) -> PathBuf {
@@ -233,6 +259,52 @@ impl Store {
     }
 }
 
+/// Converts a layout-1 store at `root` to layout 2: every blob file
+/// `KIND/ab/cd/<id>` is renamed to `KIND/ab/<id>`, the emptied `cd`
+/// directories are removed, the file system is synced, and only then is
+/// `FORMAT` rewritten. Interrupted at any point, the store still says
+/// layout 1 and a new run finishes the job (a rename is atomic: each blob
+/// is in one place or the other). Returns the number of blobs moved, or
+/// `None` when the store already has layout 2.
+///
+/// The caller holds the data directory's serve and GC locks, so nothing
+/// else reads or writes the store meanwhile.
+pub fn migrate(root: &Path) -> Result<Option<u64>, StoreError> {
+    match fs::read_to_string(root.join("FORMAT")) {
+        Ok(s) if s == FORMAT => return Ok(None),
+        Ok(s) if s == FORMAT_V1 => {}
+        _ => return Err(StoreError::NotAStore { path: root.to_owned() }),
+    }
+    let mut moved = 0u64;
+    for kind in [BlobKind::Chunk, BlobKind::Tree] {
+        let top = root.join(kind.dir());
+        for sub in fanout() {
+            let dir = top.join(&sub);
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            for e in fs::read_dir(&dir).map_err(io_err(&dir))? {
+                let e = e.map_err(io_err(&dir))?;
+                let name = e.file_name();
+                let is_level2 = name.len() == 2 && e.file_type().map_err(io_err(&dir))?.is_dir();
+                if !is_level2 {
+                    continue; // already moved, or not a blob
+                }
+                let inner = e.path();
+                for f in fs::read_dir(&inner).map_err(io_err(&inner))? {
+                    let f = f.map_err(io_err(&inner))?;
+                    fs::rename(f.path(), dir.join(f.file_name())).map_err(io_err(&inner))?;
+                    moved += 1;
+                }
+                fs::remove_dir(&inner).map_err(io_err(&inner))?;
+            }
+        }
+    }
+    // Every rename durable before FORMAT says layout 2.
+    let dir = File::open(root).map_err(io_err(root))?;
+    rustix::fs::syncfs(&dir).map_err(|e| StoreError::Sync { path: root.to_owned(), source: e.into() })?;
+    write_durable(&root.join("FORMAT"), FORMAT.as_bytes())?;
+    Ok(Some(moved))
+}
+
 /// temp file → write → fsync → rename → fsync directory.
 fn write_durable(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().expect("durable path has a parent");
@@ -284,5 +356,80 @@ mod tests {
         assert_eq!(store.remove_leftovers().unwrap(), 1);
         assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
         assert!(matches!(Store::open(dir.path()), Err(StoreError::NotAStore { .. })));
+    }
+
+    /// Writes a layout-1 store by hand (as Pulih before layout 2 did).
+    fn layout1_store(root: &Path, blobs: &[(BlobKind, &[u8])]) {
+        for d in ["chunks", "trees", "snapshots", "tmp"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join("FORMAT"), FORMAT_V1).unwrap();
+        for (kind, data) in blobs {
+            let h = blake3::hash(data).to_hex().to_string();
+            let d = root.join(kind.dir()).join(&h[0..2]).join(&h[2..4]);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join(&h), data).unwrap();
+        }
+    }
+
+    /// A layout-1 store is refused with a message naming the command that
+    /// converts it; the conversion moves every blob, removes the old
+    /// directories, survives being interrupted and re-run, and is a no-op
+    /// on a layout-2 store.
+    #[test]
+    fn layout1_store_is_refused_then_migrated_even_after_an_interruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let contents: Vec<Vec<u8>> = (0..300u32).map(|i| format!("blob {i}").into_bytes()).collect();
+        let blobs: Vec<(BlobKind, &[u8])> = contents
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (if i % 7 == 0 { BlobKind::Tree } else { BlobKind::Chunk }, c.as_slice()))
+            .collect();
+        layout1_store(&root, &blobs);
+        let err = Store::open(&root).unwrap_err();
+        assert!(matches!(err, StoreError::OldLayout { .. }), "{err}");
+        assert!(err.to_string().contains("pulih-controller serve"), "{err}");
+
+        // An earlier run was interrupted after moving one blob up.
+        let (k0, d0) = blobs[1];
+        let h0 = blake3::hash(d0).to_hex().to_string();
+        let from = root.join(k0.dir()).join(&h0[0..2]).join(&h0[2..4]).join(&h0);
+        fs::rename(&from, root.join(k0.dir()).join(&h0[0..2]).join(&h0)).unwrap();
+        fs::remove_dir(from.parent().unwrap()).ok();
+
+        assert_eq!(migrate(&root).unwrap(), Some(blobs.len() as u64 - 1));
+        let store = Store::open(&root).unwrap();
+        for (kind, data) in &blobs {
+            let b = BlobRef { kind: *kind, id: *blake3::hash(data).as_bytes() };
+            assert_eq!(store.read(&b).unwrap(), *data);
+            assert_eq!(store.blob_path(&b).parent().unwrap().parent().unwrap(), root.join(kind.dir()));
+        }
+        for kind in [BlobKind::Chunk, BlobKind::Tree] {
+            for sub in fs::read_dir(root.join(kind.dir())).unwrap() {
+                for e in fs::read_dir(sub.unwrap().path()).unwrap() {
+                    assert!(e.unwrap().file_type().unwrap().is_file(), "a layout-1 directory is left");
+                }
+            }
+            assert_eq!(fs::read_dir(root.join(kind.dir())).unwrap().count(), 256);
+        }
+        assert_eq!(migrate(&root).unwrap(), None);
+        assert_eq!(fs::read_to_string(root.join("FORMAT")).unwrap(), FORMAT);
+    }
+
+    /// A new store has its 256 fan-out directories per kind, and writing a
+    /// blob creates no directory.
+    #[test]
+    fn new_store_has_one_level_of_256_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let store = Store::create(&root).unwrap();
+        assert_eq!(fs::read_dir(root.join("chunks")).unwrap().count(), 256);
+        assert_eq!(fs::read_dir(root.join("trees")).unwrap().count(), 256);
+        let b = BlobRef::chunk(&ChunkId::of(b"y"));
+        store.put_unsynced(&b, b"frame").unwrap();
+        let h = b.hex();
+        assert_eq!(store.blob_path(&b), root.join("chunks").join(&h[0..2]).join(&h));
+        assert_eq!(fs::read_dir(root.join("chunks")).unwrap().count(), 256);
     }
 }

@@ -290,7 +290,7 @@ fn unrepairable_tree_marks_its_snapshots_damaged() {
     mutate(&src, 0);
     let id = agent.snapshot().id;
     let root = ctl.snapshots()[0]["root_tree"].as_str().unwrap().to_owned();
-    let path = ctl.dir.join("store/trees").join(&root[0..2]).join(&root[2..4]).join(&root);
+    let path = ctl.dir.join("store/trees").join(&root[0..2]).join(&root);
     flip_byte(&path);
     let out = run(&mut ctl.cmd(&["scrub", "--json"]));
     assert_eq!(out.status.code(), Some(2));
@@ -443,7 +443,7 @@ fn f5_disk_full_during_gc_leaves_store_and_catalog_consistent() {
         .collect();
     for (kind, id) in &rows {
         let dir = if *kind == 1 { "chunks" } else { "trees" };
-        let p = ctl.dir.join("store").join(dir).join(&id[0..2]).join(&id[2..4]).join(id);
+        let p = ctl.dir.join("store").join(dir).join(&id[0..2]).join(id);
         assert!(
             p.exists()
                 || ctl

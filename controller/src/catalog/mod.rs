@@ -27,6 +27,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use crate::store::{BlobKind, BlobRef};
 
 mod audit;
+mod blobstate;
 mod drills;
 mod drp;
 mod lifecycle;
@@ -36,6 +37,7 @@ mod schema;
 mod standby;
 mod tokens;
 pub use audit::{actor_local, AuditRow, AuditVerify, NewAudit, AUDIT_GENESIS};
+pub use blobstate::BlobState;
 pub use drills::{DrillRow, DrillStepRow, DrillSystemRow, SnapshotUsed};
 pub use drp::{DrpVersionRow, LatestSnapshot, NewDrpVersion};
 pub use lifecycle::{DamageRow, GcRunRow, ScrubRunRow};

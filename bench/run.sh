@@ -5,6 +5,7 @@
 #   bench/run.sh --smoke              # 50 MiB corpus, 1 repeat (~1 min)
 #   bench/run.sh --size 2G --repeat 5
 #   bench/run.sh ... -- --drop-caches # anything after -- goes to run.py
+#   bench/run.sh --smoke --tools pipeline-limit --no-scratch   # CI's smoke run
 #
 # Steps: build Pulih in release mode; install the other tools with apt-get if
 # missing (root); generate the corpus under /tmp/bench if missing; mount the
@@ -16,12 +17,16 @@
 #
 # Environment: BENCH_DIR (harness, default ../shared/bench beside the repo or
 # /work/shared/bench), PULIH_BIN (binaries, default target/release; when set,
-# nothing is built), BENCH_OUT (results dir).
+# nothing is built), BENCH_OUT (results dir). --tools "LIST" names the other
+# tools (default "restic borg rsync pipeline-limit"); --no-scratch works in
+# /tmp/bench/work without mounting the scratch filesystem.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 size=1G
 repeat=3
+tools="restic borg rsync pipeline-limit"
+scratch=1
 extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -30,8 +35,10 @@ while [ $# -gt 0 ]; do
     --repeat) repeat=$2; shift 2 ;;
     --repeat=*) repeat=${1#--repeat=}; shift ;;
     --smoke) size=50M; repeat=1; shift ;;
+    --tools) tools=$2; shift 2 ;;
+    --no-scratch) scratch=0; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -56,7 +63,10 @@ fi
 
 # 2. the other tools
 missing=()
-for t in restic borg rsync zstd b3sum; do command -v "$t" >/dev/null || missing+=("$t"); done
+for t in $tools zstd b3sum; do
+    case "$t" in pipeline-limit) continue ;; esac
+    command -v "$t" >/dev/null || missing+=("$t")
+done
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         say "installing restic borgbackup rsync zstd b3sum (missing: ${missing[*]})"
@@ -87,7 +97,9 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-if [ "$(id -u)" = 0 ]; then
+if [ "$scratch" = 0 ]; then
+    workdir=/tmp/bench/work
+elif [ "$(id -u)" = 0 ]; then
     if ! mountpoint -q "$mnt"; then
         say "mounting the journaled scratch filesystem on $mnt"
         "$BENCH_DIR/scratchfs.sh" up "$mnt"
@@ -104,8 +116,10 @@ out=${BENCH_OUT:-/tmp/bench/results-$size-r$repeat}
 mkdir -p "$out"
 say "run.py: $size corpus, $repeat repeat(s); results in $out"
 rc=0
+tool_args=()
+for t in $tools; do tool_args+=(--tool "$t"); done
 python3 "$BENCH_DIR/run.py" --corpus "$corpus" --workdir "$workdir" --repeat "$repeat" \
-    --tool restic --tool borg --tool rsync --tool pipeline-limit \
+    ${tool_args[@]+"${tool_args[@]}"} \
     --adapter "$ROOT/bench/pulih.sh" \
     --json "$out/result.json" --markdown "$out/result.md" ${extra[@]+"${extra[@]}"} || rc=$?
 rm -rf "$out/logs"

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use pulih_controller::catalog::{actor_local, now_secs, DrpVersionRow, NewAudit};
+use pulih_controller::catalog::{actor_local, now_secs, NewAudit};
 use pulih_controller::datadir::DataDir;
 use pulih_controller::drp::{self, Format, Lang};
 use pulih_core::out;
@@ -77,23 +77,6 @@ pub enum DrpCmd {
     },
 }
 
-fn version_line(v: &DrpVersionRow) -> String {
-    let approved = match (&v.approved_by, v.approved_at) {
-        (Some(by), Some(at)) => format!("approved {} by {by}", drp::format::utc_day(at)),
-        _ => "not approved".into(),
-    };
-    format!(
-        "{:>4}  {:<9} {:<34} {:<3} {:<5} {:<20} {}  {approved}",
-        v.version,
-        v.kind,
-        v.number,
-        v.lang,
-        v.format,
-        drp::format::utc_time(v.generated_at),
-        &v.content_blake3[..16]
-    )
-}
-
 pub fn run(cmd: DrpCmd) -> Result<ExitCode> {
     match cmd {
         DrpCmd::Generate { dir, lang, format, kind, drill, out, json } => {
@@ -134,28 +117,7 @@ pub fn run(cmd: DrpCmd) -> Result<ExitCode> {
             if json {
                 out!("{}", serde_json::json!({"versions": versions, "in_force": in_force}));
             } else {
-                out!(
-                    "{:>4}  {:<9} {:<34} {:<3} {:<5} {:<20} {:<16}  APPROVAL",
-                    "VER",
-                    "KIND",
-                    "NUMBER",
-                    "LNG",
-                    "FMT",
-                    "GENERATED",
-                    "CONTENT"
-                );
-                for v in &versions {
-                    out!("{}", version_line(v));
-                }
-                match in_force {
-                    Some(v) => out!(
-                        "In force: version {} ({}), next review by {}",
-                        v.version,
-                        v.number,
-                        v.next_review.map_or("-".into(), pulih_controller::drp::format::utc_day)
-                    ),
-                    None => out!("In force: no approved version"),
-                }
+                out!("{}", drp::format::versions_table(&versions, in_force.as_ref()));
             }
         }
         DrpCmd::Verify { file, dir, json } => {

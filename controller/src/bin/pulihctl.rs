@@ -464,23 +464,6 @@ impl Client {
     }
 }
 
-fn drp_row(v: &pulih_controller::catalog::DrpVersionRow) -> String {
-    let approved = match (&v.approved_by, v.approved_at) {
-        (Some(by), Some(at)) => format!("approved {} by {by}", pulih_controller::drp::format::utc_day(at)),
-        _ => "not approved".into(),
-    };
-    format!(
-        "{:>4}  {:<9} {:<34} {:<3} {:<5} {:<20} {}  {approved}",
-        v.version,
-        v.kind,
-        v.number,
-        v.lang,
-        v.format,
-        short(&rfc3339_ns(v.generated_at * 1_000_000_000)),
-        &v.content_blake3[..16.min(v.content_blake3.len())]
-    )
-}
-
 fn drp_cmd(c: &Client, cmd: DrpCmd, json: bool) -> Result<ExitCode> {
     use pulih_controller::catalog::DrpVersionRow;
     use pulih_controller::drp;
@@ -507,28 +490,7 @@ fn drp_cmd(c: &Client, cmd: DrpCmd, json: bool) -> Result<ExitCode> {
             if json {
                 return print_json(&r).map(|_| ExitCode::SUCCESS);
             }
-            out!(
-                "{:>4}  {:<9} {:<34} {:<3} {:<5} {:<20} {:<16}  APPROVAL",
-                "VER",
-                "KIND",
-                "NUMBER",
-                "LNG",
-                "FMT",
-                "GENERATED",
-                "CONTENT"
-            );
-            for v in &r.versions {
-                out!("{}", drp_row(v));
-            }
-            match r.in_force {
-                Some(v) => out!(
-                    "In force: version {} ({}), next review by {}",
-                    v.version,
-                    v.number,
-                    v.next_review.map_or("-".into(), pulih_controller::drp::format::utc_day)
-                ),
-                None => out!("In force: no approved version"),
-            }
+            out!("{}", drp::format::versions_table(&r.versions, r.in_force.as_ref()));
         }
         DrpCmd::Download { version, out } => {
             let row: DrpVersionRow = c.call("GET", &format!("/drp/versions/{version}"), None)?;

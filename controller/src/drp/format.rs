@@ -138,6 +138,44 @@ pub fn utc_time(secs: i64) -> String {
     crate::catalog::rfc3339_ns(secs.saturating_mul(1_000_000_000)).chars().take(19).collect()
 }
 
+/// The `drp list` table of the local and the remote CLI: one line per
+/// version, then the version in force.
+pub fn versions_table(
+    versions: &[crate::catalog::DrpVersionRow],
+    in_force: Option<&crate::catalog::DrpVersionRow>,
+) -> String {
+    let mut out = format!(
+        "{:>4}  {:<9} {:<34} {:<3} {:<5} {:<20} {:<16}  APPROVAL\n",
+        "VER", "KIND", "NUMBER", "LNG", "FMT", "GENERATED", "CONTENT"
+    );
+    for v in versions {
+        let approved = match (&v.approved_by, v.approved_at) {
+            (Some(by), Some(at)) => format!("approved {} by {by}", utc_day(at)),
+            _ => "not approved".into(),
+        };
+        out.push_str(&format!(
+            "{:>4}  {:<9} {:<34} {:<3} {:<5} {:<20} {}  {approved}\n",
+            v.version,
+            v.kind,
+            v.number,
+            v.lang,
+            v.format,
+            format!("{}Z", utc_time(v.generated_at)),
+            &v.content_blake3[..16.min(v.content_blake3.len())]
+        ));
+    }
+    out.push_str(&match in_force {
+        Some(v) => format!(
+            "In force: version {} ({}), next review by {}",
+            v.version,
+            v.number,
+            v.next_review.map_or("-".into(), utc_day)
+        ),
+        None => "In force: no approved version".into(),
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,7 +158,9 @@ fn once(
     }
     info!(dataset = %ds.name, %controller, parent = ?parent_id.map(|p| p.short()), incremental = dirty.is_some(), "snapshot started");
 
-    let (tx, rx) = mpsc::sync_channel(32);
+    // Items (compressed chunks, trees) between the workers and the uploader:
+    // a short queue, since each holds up to a compressed 1 MiB chunk.
+    let (tx, rx) = mpsc::sync_channel(16);
     let progress = Arc::new(Progress::default());
     let abort = Arc::new(AtomicBool::new(false));
     let pack = PackWriter::create(&pack_path)?;

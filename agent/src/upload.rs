@@ -28,8 +28,10 @@ pub enum Item {
 
 /// Most has-chunks queries awaiting answers.
 pub const MAX_QUERIES: usize = 16;
-/// Most compressed bytes held while waiting for answers.
-pub const WINDOW_BYTES: usize = 16 * 1024 * 1024;
+/// Most compressed bytes held while waiting for answers. 12 MiB covers the
+/// controller's 8 MiB receive queue plus a round trip; 16 MiB bought no
+/// measurable speed and cost the agent ~12 MiB of peak memory (bench/RESULTS.md).
+pub const WINDOW_BYTES: usize = 12 * 1024 * 1024;
 /// Chunk ids per query.
 const BATCH_IDS: usize = 512;
 /// Compressed bytes per query, so large chunks still flow in several batches.

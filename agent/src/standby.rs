@@ -167,23 +167,25 @@ fn below_root(root: &Path, rel: &Path) -> Result<PathBuf> {
     Ok(at)
 }
 
+/// `root/rel`, which must exist, directory by directory, none a symlink.
+fn existing_below_root(root: &Path, rel: &Path) -> Result<PathBuf> {
+    let mut at = root.to_owned();
+    for c in rel.components() {
+        at.push(c);
+        let m = std::fs::symlink_metadata(&at).with_context(|| format!("checking {}", at.display()))?;
+        if !m.is_dir() {
+            bail!("{} is not a directory (a symlink is never followed)", at.display());
+        }
+    }
+    Ok(at)
+}
+
 /// Where a restore or verify job works: below the standby root (created
 /// when `create`, never through a symlink), or a dataset's single path.
 fn destination_path(settings: &Settings, root: &Path, destination: &Destination, create: bool) -> Result<PathBuf> {
     Ok(match destination {
         Destination::BelowRoot(rel) if create => below_root(root, &relative(rel)?)?,
-        Destination::BelowRoot(rel) => {
-            let rel = relative(rel)?;
-            let mut at = root.to_owned();
-            for c in rel.components() {
-                at.push(c);
-                let m = std::fs::symlink_metadata(&at).with_context(|| format!("checking {}", at.display()))?;
-                if !m.is_dir() {
-                    bail!("{} is not a directory (a symlink is never followed)", at.display());
-                }
-            }
-            at
-        }
+        Destination::BelowRoot(rel) => existing_below_root(root, &relative(rel)?)?,
         Destination::DatasetPath(name) => {
             let ds = settings
                 .datasets
@@ -484,5 +486,11 @@ mod tests {
         assert!(below_root(&root, Path::new("evil/x")).is_err());
         assert!(!dir.path().join("x").exists());
         assert_eq!(below_root(&root, Path::new("ok/x")).unwrap(), root.join("ok/x"));
+        // A verify job reads only what exists, never through a symlink.
+        assert_eq!(existing_below_root(&root, Path::new("ok/x")).unwrap(), root.join("ok/x"));
+        let e = existing_below_root(&root, Path::new("evil/x")).unwrap_err();
+        assert!(format!("{e:#}").contains("not a directory"), "{e:#}");
+        let e = existing_below_root(&root, Path::new("missing")).unwrap_err();
+        assert!(format!("{e:#}").contains("checking"), "{e:#}");
     }
 }

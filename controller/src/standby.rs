@@ -3,7 +3,8 @@
 //!
 //! Security: a standby agent may read only what its current job needs. When
 //! a restore job is handed out, the snapshot's root tree becomes readable;
-//! each tree served makes its own subtrees and chunks readable. So the
+//! each tree served makes its own subtrees and chunks readable (a verify
+//! job re-reads the copy on the agent's disk: its trees only, no chunk). So the
 //! readable set is exactly the part of the job's snapshot the agent reached
 //! by walking it (never more than the snapshot), and anything else (another
 //! agency's chunk, a tree of another snapshot, any blob without a job) is
@@ -33,6 +34,8 @@ struct Current {
     id: i64,
     trees: HashSet<TreeId>,
     chunks: HashMap<ChunkId, u32>,
+    /// A restore job reads chunks; a verify job only trees.
+    reads_chunks: bool,
 }
 
 /// Standby state of one agent connection.
@@ -79,7 +82,8 @@ impl JobSession {
                 return Ok(Message::JobNone);
             }
         };
-        let mut cur = Current { id: job.id, trees: HashSet::new(), chunks: HashMap::new() };
+        let reads_chunks = matches!(spec, JobSpec::Restore { .. });
+        let mut cur = Current { id: job.id, trees: HashSet::new(), chunks: HashMap::new(), reads_chunks };
         if let JobSpec::Restore { root, .. } | JobSpec::Verify { root, .. } = &spec {
             cur.trees.insert(*root);
         }
@@ -107,7 +111,7 @@ impl JobSession {
                 Node::Dir { tree } => {
                     cur.trees.insert(*tree);
                 }
-                Node::File { segments, .. } => {
+                Node::File { segments, .. } if cur.reads_chunks => {
                     for s in segments {
                         if let Segment::Data { id, len } = s {
                             cur.chunks.insert(*id, *len);

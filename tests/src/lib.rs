@@ -484,6 +484,22 @@ impl Controller {
     }
 
     /// `pulihctl` with `--controller`, `--ca` and a token file holding `token`.
+    /// Runs `pulihctl drill run ARGS`; returns (exit code, `drill show --json`
+    /// of the drill it started, its standard output).
+    pub fn drill_run(&self, token: &str, args: &[&str]) -> (i32, serde_json::Value, String) {
+        let mut a = vec!["drill", "run"];
+        a.extend_from_slice(args);
+        let out = run(&mut self.pulihctl(token, &a));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Drill ").and_then(|r| r.split_whitespace().next()))
+            .unwrap_or_else(|| panic!("no drill id in: {text}\n{}", String::from_utf8_lossy(&out.stderr)))
+            .to_owned();
+        let show = serde_json::from_str(&ok(&mut self.pulihctl(token, &["--json", "drill", "show", &id]))).unwrap();
+        (out.status.code().unwrap_or(-1), show, text)
+    }
+
     pub fn pulihctl(&self, token: &str, args: &[&str]) -> Command {
         let tf = self.dir.join(format!("token-{}", blake3::hash(token.as_bytes()).to_hex()));
         fs::write(&tf, format!("{token}\n")).unwrap();

@@ -36,21 +36,6 @@ fn simple(name: &str, agent: &str, dataset: &str, rto: &str, extra: &str) -> Str
     )
 }
 
-/// Runs `pulihctl drill run ARGS` and returns (exit code, `drill show --json` of it).
-fn drill(ctl: &Controller, token: &str, args: &[&str]) -> (i32, Value, String) {
-    let mut a = vec!["drill", "run"];
-    a.extend_from_slice(args);
-    let out = run(&mut ctl.pulihctl(token, &a));
-    let text = stdout(&out);
-    let id = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Drill ").and_then(|r| r.split_whitespace().next()))
-        .unwrap_or_else(|| panic!("no drill id in: {text}\n{}", stderr(&out)))
-        .to_owned();
-    let show: Value = serde_json::from_str(&ok(&mut ctl.pulihctl(token, &["--json", "drill", "show", &id]))).unwrap();
-    (out.status.code().unwrap_or(-1), show, text)
-}
-
 fn system_of<'a>(show: &'a Value, name: &str) -> &'a Value {
     show["systems"].as_array().unwrap().iter().find(|s| s["system"] == name).unwrap_or_else(|| panic!("{show:#}"))
 }
@@ -151,7 +136,7 @@ fn drills_report_failures_missed_targets_and_dependency_order() {
     assert!(stdout(&check).contains("5 system(s)"), "{}", stdout(&check));
 
     // Dependency order: base's steps all come before app's.
-    let (code, show, text) = drill(&ctl, &token, &["app", "base"]);
+    let (code, show, text) = ctl.drill_run(&token, &["app", "base"]);
     assert_eq!(code, 0, "{text}\n{show:#}");
     assert_eq!(show["drill"]["outcome"], "passed");
     let b = steps_of(&show, "base");
@@ -168,7 +153,7 @@ fn drills_report_failures_missed_targets_and_dependency_order() {
     assert!(!ctl.dir.join(format!("sandbox/{id}")).exists(), "sandbox removed");
 
     // RTO target of 1s with a check that takes 2s: partial, RTO missed.
-    let (code, show, _) = drill(&ctl, &token, &["slow"]);
+    let (code, show, _) = ctl.drill_run(&token, &["slow"]);
     assert_eq!(code, 2);
     let s = system_of(&show, "slow");
     assert_eq!(s["outcome"], "partial", "{show:#}");
@@ -179,7 +164,7 @@ fn drills_report_failures_missed_targets_and_dependency_order() {
     // A failing check: failed with its output; later checks skipped; teardown ran.
     let broken_snap =
         ctl.snapshots().into_iter().find(|s| s["dataset"] == "broken").unwrap()["id"].as_str().unwrap().to_owned();
-    let (code, show, text) = drill(&ctl, &token, &["broken", "--snapshot", &broken_snap[..12]]);
+    let (code, show, text) = ctl.drill_run(&token, &["broken", "--snapshot", &broken_snap[..12]]);
     assert_eq!(system_of(&show, "broken")["snapshots"][0]["snapshot"], broken_snap.as_str());
     assert_eq!(code, 2, "{text}");
     let s = system_of(&show, "broken");
@@ -227,7 +212,7 @@ fn drills_report_failures_missed_targets_and_dependency_order() {
     let n = data.len() / 2;
     data[n] ^= 1;
     fs::write(&victim, data).unwrap();
-    let (code, show, _) = drill(&ctl, &token, &["hurt"]);
+    let (code, show, _) = ctl.drill_run(&token, &["hurt"]);
     assert_eq!(code, 2);
     let s = system_of(&show, "hurt");
     assert_eq!(s["outcome"], "failed");
@@ -467,7 +452,7 @@ test "$n" = 100000"#,
         ),
     );
     let token = ctl.api_token("koordinator", "coordinator");
-    let (code, show, text) = drill(&ctl, &token, &["simpeg"]);
+    let (code, show, text) = ctl.drill_run(&token, &["simpeg"]);
     let s = system_of(&show, "simpeg");
     assert_eq!(code, 0, "{text}\n{show:#}\nserve log:\n{}", ctl.log());
     assert_eq!(s["outcome"], "passed");

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use pulih_core::codec::compress;
 use pulih_core::formats::{CHUNKER_VERSION, MAX_CHUNK_LEN, MAX_FRAME_LEN, MAX_IDS_PER_QUERY, PROTOCOL_VERSION};
-use pulih_core::protocol::{self, ErrorCode, Message, ALPN_AGENT, ALPN_ENROLL};
+use pulih_core::protocol::{self, ErrorCode, JobSpec, Message, ALPN_AGENT, ALPN_ENROLL};
 use pulih_core::snapshot::{SnapshotRecord, SnapshotStats};
 use pulih_core::tls::{self, Fingerprint};
 use pulih_core::tree::{Entry, EntryName, Node, Segment, Tree};
@@ -1415,8 +1415,27 @@ fn f16_standby_agent_cannot_fetch_a_blob_outside_its_job() {
     assert!(matches!(c.recv(), Reply::Msg(Message::JobOffer { .. })));
     // Walk down to the data directory, as the standby's restore does: each
     // tree served makes its children readable.
+    walk_job_trees(&mut c, root, data[0][0].0.parent().unwrap());
+    c.send(&Message::FetchChunks { ids: vec![prim_chunk] }).unwrap();
+    assert!(matches!(c.recv(), Reply::Msg(Message::ChunkData { id, .. }) if id == prim_chunk));
+    // A chunk of another agency's snapshot, while a job is running.
+    c.send(&Message::FetchChunks { ids: vec![others_chunk] }).unwrap();
+    let msg = expect_error(&mut c, ErrorCode::Forbidden, "a chunk outside the job");
+    assert!(msg.contains("refused and logged"), "{msg}");
+    wait_log(&ctl, "standby fetch refused", 3);
+    let audited: i64 = catalog(&ctl)
+        .query_row("SELECT count(*) FROM audit_log WHERE action = 'standby-fetch-refused'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(audited, 3);
+    // The interrupted job is marked failed, not left running.
+    let state: String = catalog(&ctl).query_row("SELECT state FROM standby_jobs", [], |r| r.get(0)).unwrap();
+    assert_eq!(state, "failed");
+}
+
+/// Fetches the trees of a standby job from `root` down to `dir` (the way a
+/// restore walks), checking each answer.
+fn walk_job_trees(c: &mut RawClient, root: TreeId, dir: &Path) {
     let mut cur = root;
-    let dir = data[0][0].0.parent().unwrap().to_owned();
     let mut comps: Vec<Vec<u8>> = dir
         .components()
         .filter_map(|c| match c {
@@ -1438,20 +1457,34 @@ fn f16_standby_agent_cannot_fetch_a_blob_outside_its_job() {
             other => panic!("{other:?}"),
         }
     }
-    c.send(&Message::FetchChunks { ids: vec![prim_chunk] }).unwrap();
-    assert!(matches!(c.recv(), Reply::Msg(Message::ChunkData { id, .. }) if id == prim_chunk));
-    // A chunk of another agency's snapshot, while a job is running.
-    c.send(&Message::FetchChunks { ids: vec![others_chunk] }).unwrap();
-    let msg = expect_error(&mut c, ErrorCode::Forbidden, "a chunk outside the job");
-    assert!(msg.contains("refused and logged"), "{msg}");
-    wait_log(&ctl, "standby fetch refused", 3);
-    let audited: i64 = catalog(&ctl)
-        .query_row("SELECT count(*) FROM audit_log WHERE action = 'standby-fetch-refused'", [], |r| r.get(0))
+}
+
+/// A verify job re-reads the copy on the standby's own disk: it may read
+/// the snapshot's trees, and no chunk, not even one of that snapshot.
+#[test]
+fn f16_standby_verify_job_reads_trees_and_no_chunk() {
+    let base = tempfile::tempdir().unwrap();
+    let (ctl, agents, data) = setup(base.path(), &["prim", "standby"]);
+    let snaps = ctl.snapshots();
+    let prim = snaps.iter().find(|s| s["agent"] == "prim").unwrap();
+    let root: TreeId = prim["root_tree"].as_str().unwrap().parse().unwrap();
+    let spec = serde_json::json!({"kind": "verify", "snapshot": prim["id"], "root": prim["root_tree"],
+        "below_root": "sys"});
+    catalog(&ctl)
+        .execute(
+            "INSERT INTO standby_jobs (agent, kind, spec, state, created_at, expires_at, created_by)
+             VALUES ('standby', 'verify', ?1, 'queued', 0, 9999999999, 'test')",
+            [spec.to_string()],
+        )
         .unwrap();
-    assert_eq!(audited, 3);
-    // The interrupted job is marked failed, not left running.
-    let state: String = catalog(&ctl).query_row("SELECT state FROM standby_jobs", [], |r| r.get(0)).unwrap();
-    assert_eq!(state, "failed");
+    let mut c = RawClient::connect(ctl.addr, agent_cfg(&agents[1])).unwrap();
+    c.hello();
+    c.send(&Message::JobPoll).unwrap();
+    let offer = c.recv();
+    assert!(matches!(&offer, Reply::Msg(Message::JobOffer { spec: JobSpec::Verify { .. }, .. })), "{offer:?}");
+    walk_job_trees(&mut c, root, data[0][0].0.parent().unwrap());
+    c.send(&Message::FetchChunks { ids: vec![ChunkId::of(&data[0][0].1)] }).unwrap();
+    expect_error(&mut c, ErrorCode::Forbidden, "a chunk during a verify job");
 }
 
 /// F36: the controller keeps the only resume state (which verified blobs are

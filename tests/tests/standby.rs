@@ -2,7 +2,7 @@
 //! the real binaries over real TLS on loopback.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pulih_e2e::{assert_same_tree, bytes, ok, run, wait_until, Agent, Controller};
@@ -114,6 +114,19 @@ command = "true"
     .unwrap();
 }
 
+/// A controller, a primary `prim` with dataset `www` (one snapshot taken)
+/// and an enrolled agent `sb` whose standby root will be `sb-root`.
+fn primary_and_standby(base: &Path) -> (Controller, Agent, PathBuf, Agent, PathBuf) {
+    let ctl = Controller::start(base);
+    let prim = ctl.enroll(base, "prim");
+    let src = base.join("prim-data");
+    write_tree(&src);
+    prim.add_dataset("www", &[&src], &[]);
+    prim.snapshot();
+    let sb = ctl.enroll(base, "sb");
+    (ctl, prim, src, sb, base.join("sb-root"))
+}
+
 /// The latest snapshot of `agent`/`dataset` restored into a fresh directory.
 fn latest_restored(ctl: &Controller, agent: &str, dataset: &str, into: &Path) -> bool {
     let snaps = ctl.snapshots();
@@ -129,14 +142,7 @@ fn latest_restored(ctl: &Controller, agent: &str, dataset: &str, into: &Path) ->
 #[test]
 fn f35_failover_to_a_standby_and_failback_round_trip_the_outage_data() {
     let base = tempfile::tempdir().unwrap();
-    let ctl = Controller::start(base.path());
-    let prim = ctl.enroll(base.path(), "prim");
-    let src = base.path().join("prim-data");
-    write_tree(&src);
-    prim.add_dataset("www", &[&src], &[]);
-    prim.snapshot();
-    let sb = ctl.enroll(base.path(), "sb");
-    let sb_root = base.path().join("sb-root");
+    let (ctl, prim, src, sb, sb_root) = primary_and_standby(base.path());
     enable_standby(&sb, &sb_root);
     let sb_daemon = sb.start_daemon();
     system_file(&ctl);
@@ -218,19 +224,6 @@ fn f35_failover_to_a_standby_and_failback_round_trip_the_outage_data() {
     assert!(!o.status.success(), "an auditor may not fail back");
 }
 
-/// Runs `pulihctl drill run SYSTEM` and returns (exit code, `drill show --json` of it).
-fn drill_run(ctl: &Controller, token: &str, system: &str) -> (i32, Value) {
-    let out = run(&mut ctl.pulihctl(token, &["drill", "run", system]));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let id = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Drill ").and_then(|r| r.split_whitespace().next()))
-        .unwrap_or_else(|| panic!("no drill id in: {text}\n{}", String::from_utf8_lossy(&out.stderr)))
-        .to_owned();
-    let show = json(&ok(&mut ctl.pulihctl(token, &["--json", "drill", "show", &id])));
-    (out.status.code().unwrap_or(-1), show)
-}
-
 /// (kind, name, outcome, output) of every step of a drill.
 fn drill_steps(show: &Value) -> Vec<(String, String, String, String)> {
     let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
@@ -250,14 +243,7 @@ fn drill_steps(show: &Value) -> Vec<(String, String, String, String)> {
 #[test]
 fn drill_onto_a_standby_agent_verifies_on_that_host_and_runs_its_actions() {
     let base = tempfile::tempdir().unwrap();
-    let ctl = Controller::start(base.path());
-    let prim = ctl.enroll(base.path(), "prim");
-    let src = base.path().join("prim-data");
-    write_tree(&src);
-    prim.add_dataset("www", &[&src], &[]);
-    prim.snapshot();
-    let sb = ctl.enroll(base.path(), "sb");
-    let sb_root = base.path().join("sb-root");
+    let (ctl, _prim, src, sb, sb_root) = primary_and_standby(base.path());
     // The check reads a restored file where the agent says the copy is.
     sb.append_config(&format!(
         "[standby]\nenabled = true\nroot = {:?}\npoll_interval = \"300ms\"\naction_timeout = \"30s\"\n\n[standby.actions]\n\
@@ -295,7 +281,7 @@ fn drill_onto_a_standby_agent_verifies_on_that_host_and_runs_its_actions() {
     system("check");
     let token = ctl.api_token("koordinator", "coordinator");
 
-    let (code, show) = drill_run(&ctl, &token, "web");
+    let (code, show, _) = ctl.drill_run(&token, &["web"]);
     let steps = drill_steps(&show);
     assert_eq!(code, 0, "{show:#}\n{}", sb_daemon.log());
     assert_eq!(show["drill"]["outcome"], "passed", "{show:#}");
@@ -316,7 +302,7 @@ fn drill_onto_a_standby_agent_verifies_on_that_host_and_runs_its_actions() {
 
     // An action the standby's agent.toml does not declare: the drill fails and says why.
     system("not-declared");
-    let (code, show) = drill_run(&ctl, &token, "web");
+    let (code, show, _) = ctl.drill_run(&token, &["web"]);
     assert_ne!(code, 0, "{show:#}");
     assert_eq!(show["drill"]["outcome"], "failed", "{show:#}");
     let steps = drill_steps(&show);

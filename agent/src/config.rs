@@ -128,6 +128,7 @@ impl StandbyDatasets {
                     name: d.name.clone(),
                     paths: vec![d.path.clone()],
                     exclude: Vec::new(),
+                    small_chunks: None,
                     schedule: (!continuous).then(|| d.mode.clone()),
                     continuous,
                     debounce: None,
@@ -248,6 +249,11 @@ pub struct DatasetSection {
     /// never match `/`; `**` matches any number of directories.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Files cut into small chunks (16-256 KiB instead of 64 KiB-1 MiB):
+    /// files rewritten in place in small pages, where a page rewrite then
+    /// re-sends about 64 KiB instead of about 256 KiB. Same pattern syntax as
+    /// `exclude`. Unset: [`DEFAULT_SMALL_CHUNKS`]; `[]` turns it off.
+    pub small_chunks: Option<Vec<String>>,
     /// When to snapshot: an interval ("15m") or a calendar expression
     /// ("daily 01:30"); see [`crate::schedule`].
     pub schedule: Option<String>,
@@ -268,6 +274,47 @@ pub struct DatasetSection {
     pub hook_timeout: Option<String>,
 }
 
+/// Files that get small chunks unless a dataset sets `small_chunks`:
+/// database and disk-image files, which are rewritten in place a page at a
+/// time. PostgreSQL's relation files have no extension; they live in
+/// `base/<db oid>/` and `global/` of the data directory.
+pub const DEFAULT_SMALL_CHUNKS: &[&str] = &[
+    // SQLite, dBase/FoxPro, Access, Firebird/InterBase
+    "*.db",
+    "*.sqlite",
+    "*.sqlite3",
+    "*.db3",
+    "*.dbf",
+    "*.DBF",
+    "*.cdx",
+    "*.CDX",
+    "*.mdb",
+    "*.accdb",
+    "*.fdb",
+    "*.gdb",
+    // MySQL/MariaDB (InnoDB, MyISAM, Aria)
+    "*.ibd",
+    "ibdata*",
+    "*.MYD",
+    "*.MYI",
+    "*.MAD",
+    "*.MAI",
+    // SQL Server
+    "*.mdf",
+    "*.ndf",
+    "*.ldf",
+    // PostgreSQL relation files
+    "**/base/*/[0-9]*",
+    "**/global/[0-9]*",
+    // disk images
+    "*.qcow2",
+    "*.vmdk",
+    "*.vdi",
+    "*.vhd",
+    "*.vhdx",
+    "*.img",
+];
+
 /// Defaults of the per-dataset durations.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(500);
 pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(6 * 3600);
@@ -278,7 +325,9 @@ pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Dataset {
     pub name: DatasetName,
     pub paths: Vec<PathBuf>,
-    pub exclude: Exclude,
+    pub exclude: PathPatterns,
+    /// Files cut with [`pulih_core::chunker::Profile::Small`].
+    pub small_chunks: PathPatterns,
     /// None with `continuous = false`: manual snapshots only.
     pub schedule: Option<Schedule>,
     pub continuous: bool,
@@ -367,9 +416,10 @@ fn parse_hook(v: &toml::Value) -> Result<Hook, String> {
     }
 }
 
-/// Compiled exclusion patterns.
+/// Compiled path patterns (`exclude`, `small_chunks`): see
+/// [`DatasetSection::exclude`] for the syntax.
 #[derive(Debug, Clone, Default)]
-pub struct Exclude {
+pub struct PathPatterns {
     names: Sets,
     absolute: Sets,
     relative: Sets,
@@ -389,8 +439,9 @@ impl Sets {
     }
 }
 
-impl Exclude {
-    fn compile(patterns: &[String]) -> Result<Self, String> {
+impl PathPatterns {
+    /// `key` names the setting in error messages.
+    fn compile(key: &str, patterns: &[String]) -> Result<Self, String> {
         struct Builders {
             any: GlobSetBuilder,
             dirs: GlobSetBuilder,
@@ -403,7 +454,7 @@ impl Exclude {
                 None => (p.as_str(), false),
             };
             if body.is_empty() || body == "/" {
-                return Err(format!("exclude pattern {p:?}: matches nothing"));
+                return Err(format!("{key} pattern {p:?}: matches nothing"));
             }
             let kind = if body.starts_with('/') {
                 &mut absolute
@@ -415,7 +466,7 @@ impl Exclude {
             let glob = GlobBuilder::new(body)
                 .literal_separator(true)
                 .build()
-                .map_err(|e| format!("exclude pattern {p:?}: {e}"))?;
+                .map_err(|e| format!("{key} pattern {p:?}: {e}"))?;
             if dirs_only {
                 kind.dirs.add(glob);
             } else {
@@ -429,10 +480,10 @@ impl Exclude {
         Ok(Self { names: b(names)?, absolute: b(absolute)?, relative: b(relative)? })
     }
 
-    /// Whether the entry at the absolute `path` is excluded; `relative` is
-    /// its path relative to the dataset path it is under (never empty: the
-    /// dataset paths themselves are not subject to exclusion).
-    pub fn excludes(&self, path: &Path, relative: &Path, is_dir: bool) -> bool {
+    /// Whether the entry at the absolute `path` matches; `relative` is its
+    /// path relative to the dataset path it is under (empty for a dataset
+    /// path itself, which only name and absolute patterns can match).
+    pub fn matches(&self, path: &Path, relative: &Path, is_dir: bool) -> bool {
         let name = path.file_name().unwrap_or(path.as_os_str());
         self.names.is_match(name, is_dir)
             || self.absolute.is_match(path, is_dir)
@@ -592,7 +643,10 @@ impl Settings {
                     }
                 }
             }
-            let exclude = Exclude::compile(&d.exclude).map_err(|e| problems.push(format!("{at}: {e}"))).ok();
+            let exclude = PathPatterns::compile("exclude", &d.exclude).map_err(|e| problems.push(format!("{at}: {e}"))).ok();
+            let small = d.small_chunks.clone().unwrap_or_else(|| DEFAULT_SMALL_CHUNKS.iter().map(|p| p.to_string()).collect());
+            let small_chunks =
+                PathPatterns::compile("small_chunks", &small).map_err(|e| problems.push(format!("{at}: {e}"))).ok();
             let schedule = d
                 .schedule
                 .as_ref()
@@ -603,11 +657,12 @@ impl Settings {
             let pre_hook = hook("pre_hook", &d.pre_hook);
             let post_hook = hook("post_hook", &d.post_hook);
             let (debounce, rescan_interval, hook_timeout, rpo_target) = dataset_durations[i];
-            if let (Some(name), Some(exclude)) = (name, exclude) {
+            if let (Some(name), Some(exclude), Some(small_chunks)) = (name, exclude, small_chunks) {
                 datasets.push(Dataset {
                     name,
                     paths: d.paths.clone(),
                     exclude,
+                    small_chunks,
                     schedule,
                     continuous: d.continuous,
                     debounce,
@@ -766,6 +821,12 @@ threads = 0
 # debounce: jeda tenang setelah perubahan / quiet time after a change (bawaan / default "500ms").
 # rescan_interval: pemindaian penuh berkala mode continuous / continuous mode's full rescan ("6h").
 # rpo_target: umur maksimum salinan DRC / how old the DRC copy may get, e.g. "15m".
+# small_chunks: pola berkas yang dipotong kecil (16-256 KiB), yaitu berkas basis data
+# dan image disk yang ditulis ulang per halaman; sintaks sama dengan exclude.
+# Files cut into small chunks (16-256 KiB): database and disk-image files rewritten
+# page by page; same syntax as exclude. Bawaan / default: *.db, *.sqlite, *.dbf,
+# *.ibd, *.mdf, berkas relasi PostgreSQL / PostgreSQL relation files, *.qcow2 dll./etc.
+# (daftar lengkap / full list: docs/id/panduan-sysadmin.md); [] mematikannya / turns it off.
 # pre_hook/post_hook: string (dijalankan /bin/sh -c) atau array argv tanpa shell;
 # a string (run with /bin/sh -c) or an argv array without a shell. pre_hook gagal =
 # snapshot dilewati; post_hook selalu dijalankan / a failed pre_hook skips the
@@ -775,6 +836,7 @@ threads = 0
 # name = "simpeg"
 # paths = ["/srv/simpeg/data", "/etc/simpeg"]
 # exclude = ["*.tmp", "cache/", "logs/*.gz", "/srv/simpeg/data/tmp"]
+# small_chunks = ["*.db", "**/base/*/[0-9]*"]
 # continuous = true
 # schedule = "daily 01:30"
 # debounce = "500ms"
@@ -800,17 +862,17 @@ mod tests {
         assert_eq!(s.server_name, "drc.example");
         assert_eq!(s.datasets.len(), 1);
         let ex = &s.datasets[0].exclude;
-        assert!(ex.excludes(Path::new("/srv/simpeg/a.tmp"), Path::new("a.tmp"), false));
-        assert!(ex.excludes(Path::new("/srv/simpeg/cache"), Path::new("cache"), true));
-        assert!(!ex.excludes(Path::new("/srv/simpeg/cache"), Path::new("cache"), false));
-        assert!(!ex.excludes(Path::new("/srv/simpeg/a.txt"), Path::new("a.txt"), false));
+        assert!(ex.matches(Path::new("/srv/simpeg/a.tmp"), Path::new("a.tmp"), false));
+        assert!(ex.matches(Path::new("/srv/simpeg/cache"), Path::new("cache"), true));
+        assert!(!ex.matches(Path::new("/srv/simpeg/cache"), Path::new("cache"), false));
+        assert!(!ex.matches(Path::new("/srv/simpeg/a.txt"), Path::new("a.txt"), false));
     }
 
     /// Compiles `patterns` and asks about an entry of the dataset path
     /// `base`, at `rel` inside it.
     fn excluded(patterns: &[&str], base: &str, rel: &str, is_dir: bool) -> bool {
-        let ex = Exclude::compile(&patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap();
-        ex.excludes(&Path::new(base).join(rel), Path::new(rel), is_dir)
+        let ex = PathPatterns::compile("exclude", &patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap();
+        ex.matches(&Path::new(base).join(rel), Path::new(rel), is_dir)
     }
 
     #[test]
@@ -887,8 +949,45 @@ mod tests {
     #[test]
     fn exclude_patterns_that_match_nothing_are_refused() {
         for p in ["", "/", "//"] {
-            assert!(Exclude::compile(&[p.to_string()]).is_err(), "{p:?}");
+            assert!(PathPatterns::compile("exclude", &[p.to_string()]).is_err(), "{p:?}");
         }
+    }
+
+    /// The default `small_chunks` select database and disk-image files
+    /// (PostgreSQL's extensionless relation files by their place in the data
+    /// directory) and nothing else; `[]` turns it off; a bad pattern is
+    /// reported under its own key.
+    #[test]
+    fn small_chunks_default_to_database_and_image_files() {
+        let dataset = |extra: &str| {
+            let mut t = template("web", Path::new("/var/lib/pulih-agent"), "drc.example:7443");
+            t.push_str(&format!("\n[[dataset]]\nname = \"db\"\npaths = [\"/srv/db\"]\n{extra}\n"));
+            Settings::parse(&t)
+        };
+        let s = dataset("").unwrap();
+        let small = |rel: &str| s.datasets[0].small_chunks.matches(&Path::new("/srv/db").join(rel), Path::new(rel), false);
+        for rel in [
+            "simpeg.db",
+            "app/pegawai data.db",
+            "x.sqlite3",
+            "KEU2024.DBF",
+            "mysql/simpeg/pegawai.ibd",
+            "mysql/ibdata1",
+            "mssql/SIMPEG.mdf",
+            "postgresql/15/main/base/16384/2619",
+            "main/base/1/1259_fsm",
+            "main/global/1262",
+            "vm/disk.qcow2",
+        ] {
+            assert!(small(rel), "{rel}");
+        }
+        for rel in ["a.txt", "media/foto.jpg", "logs/app.log", "main/base/PG_VERSION", "main/pg_wal/000000010000000000000001", "dbx"] {
+            assert!(!small(rel), "{rel}");
+        }
+        let off = dataset("small_chunks = []").unwrap();
+        assert!(!off.datasets[0].small_chunks.matches(Path::new("/srv/db/a.db"), Path::new("a.db"), false));
+        let err = dataset("small_chunks = [\"[bad\"]").unwrap_err().to_string();
+        assert!(err.contains("small_chunks pattern \"[bad\""), "{err}");
     }
 
     #[test]

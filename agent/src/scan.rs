@@ -35,14 +35,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
-use pulih_core::chunker::ChunkWindow;
+use pulih_core::chunker::{ChunkWindow, Profile};
 use pulih_core::codec::Compressor;
 use pulih_core::snapshot::{SnapshotIssue, SnapshotStats};
 use pulih_core::tree::{Entry, EntryName, Node, Segment, Tree, FLAG_CHANGED_WHILE_READ};
 use pulih_core::{ChunkId, TreeId};
 
 use crate::cache::{CacheEntry, CacheKind, DirRecord, PackReader, PackWriter, PendingPack, Totals};
-use crate::config::Exclude;
+use crate::config::PathPatterns;
 use crate::upload::Item;
 
 /// Counters shared by the pipeline, read by the progress display.
@@ -98,7 +98,9 @@ pub enum ScanError {
 /// Inputs of one scan.
 pub struct ScanParams<'a> {
     pub paths: &'a [PathBuf],
-    pub exclude: &'a Exclude,
+    pub exclude: &'a PathPatterns,
+    /// Files cut with the small chunk profile.
+    pub small_chunks: &'a PathPatterns,
     pub threads: usize,
     pub level: i32,
     pub parent: Option<Arc<PackReader>>,
@@ -154,11 +156,12 @@ struct Job {
     meta: Metadata,
     name: EntryName,
     known: Vec<ChunkId>,
+    profile: Profile,
 }
 
 /// Runs the pipeline; returns when every tree was queued for upload.
 pub fn scan(p: ScanParams<'_>) -> Result<ScanOutput, ScanError> {
-    let ScanParams { paths, exclude, threads, level, parent, pack, items, progress, abort, dirty } = p;
+    let ScanParams { paths, exclude, small_chunks, threads, level, parent, pack, items, progress, abort, dirty } = p;
     let issues = Arc::new(Issues::default());
     let (ev_tx, ev_rx) = mpsc::channel::<Event>();
     let (job_tx, job_rx) = mpsc::sync_channel::<Job>(threads * 2);
@@ -199,6 +202,7 @@ pub fn scan(p: ScanParams<'_>) -> Result<ScanOutput, ScanError> {
             parent: parent.clone(),
             next_id: 0,
             exclude,
+            small_chunks,
             issues: issues.clone(),
             progress: progress.clone(),
             abort: abort.clone(),
@@ -275,7 +279,8 @@ struct Walker<'a> {
     jobs: SyncSender<Job>,
     parent: Option<Arc<PackReader>>,
     next_id: usize,
-    exclude: &'a Exclude,
+    exclude: &'a PathPatterns,
+    small_chunks: &'a PathPatterns,
     issues: Arc<Issues>,
     progress: Arc<Progress>,
     abort: Arc<AtomicBool>,
@@ -404,7 +409,7 @@ impl Walker<'_> {
         for n in names {
             let p = path.join(&n);
             match std::fs::symlink_metadata(&p) {
-                Ok(m) if self.exclude.excludes(&p, p.strip_prefix(base).unwrap_or(&p), m.is_dir()) => {}
+                Ok(m) if self.exclude.matches(&p, p.strip_prefix(base).unwrap_or(&p), m.is_dir()) => {}
                 Ok(m) => kept.push((n, p, m)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     self.issues.add(&p, "vanished while the snapshot ran; not in this snapshot".into())
@@ -527,7 +532,10 @@ impl Walker<'_> {
                         .collect(),
                     _ => Vec::new(),
                 };
-                let job = Job { slot, path: path.to_owned(), meta: m, name, known };
+                let relative = path.strip_prefix(base).unwrap_or(Path::new(""));
+                let profile =
+                    if self.small_chunks.matches(path, relative, false) { Profile::Small } else { Profile::Standard };
+                let job = Job { slot, path: path.to_owned(), meta: m, name, known, profile };
                 return self.jobs.send(job).map_err(|_| ScanError::Aborted);
             }
         } else if ft.is_symlink() {
@@ -689,7 +697,7 @@ fn read_file(
             segments.push(Segment::Hole { len: off - pos });
         }
         f.seek(io::SeekFrom::Start(off))?;
-        let read = window.chunks((&f).take(len), |data| -> Result<(), ReadFail> {
+        let read = window.chunks(job.profile, (&f).take(len), |data| -> Result<(), ReadFail> {
             let id = ChunkId::of(data);
             let raw_len = data.len() as u32;
             segments.push(Segment::Data { id, len: raw_len });

@@ -188,6 +188,7 @@ fn once(
         let scanned = scan::scan(ScanParams {
             paths: &ds.paths,
             exclude: &ds.exclude,
+            small_chunks: &ds.small_chunks,
             threads: settings.threads,
             level: settings.compression_level,
             parent,

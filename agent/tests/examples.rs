@@ -22,9 +22,9 @@ fn agent_example_parses() {
     let d = &s.datasets[0];
     assert_eq!(d.name.as_str(), "simpeg");
     assert_eq!(d.paths, [Path::new("/srv/simpeg/data"), Path::new("/etc/simpeg")]);
-    assert!(d.exclude.excludes(Path::new("/srv/simpeg/data/x.tmp"), "x.tmp".as_ref(), false));
-    assert!(d.exclude.excludes(Path::new("/srv/simpeg/data/cache"), "cache".as_ref(), true));
-    assert!(!d.exclude.excludes(Path::new("/srv/simpeg/data/pegawai.db"), "pegawai.db".as_ref(), false));
+    assert!(d.exclude.matches(Path::new("/srv/simpeg/data/x.tmp"), "x.tmp".as_ref(), false));
+    assert!(d.exclude.matches(Path::new("/srv/simpeg/data/cache"), "cache".as_ref(), true));
+    assert!(!d.exclude.matches(Path::new("/srv/simpeg/data/pegawai.db"), "pegawai.db".as_ref(), false));
     assert_eq!(d.mode(), "continuous + daily 01:30");
     assert!(d.pre_hook.is_some() && d.post_hook.is_some());
     assert_eq!(s.metrics, Some("127.0.0.1:9464".parse().unwrap()));

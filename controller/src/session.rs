@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use pulih_core::codec::{CodecError, Decompressor};
-use pulih_core::formats::{CHUNKER_VERSION, MAX_TREE_LEN};
+use pulih_core::formats::{CHUNKER_VERSIONS_ACCEPTED, MAX_TREE_LEN};
 use pulih_core::protocol::{DatasetReport, ErrorCode};
 use pulih_core::snapshot::SnapshotRecord;
 use pulih_core::tree::Tree;
@@ -376,10 +376,13 @@ impl UploadSession {
                 format!("agent {} may not commit a snapshot for agent {}", self.agent, record.agent),
             ));
         }
-        if record.chunker_version != CHUNKER_VERSION {
+        if !CHUNKER_VERSIONS_ACCEPTED.contains(&record.chunker_version) {
             return Err(SessionError::new(
                 ErrorCode::Version,
-                format!("chunker version {} is not supported (expected {CHUNKER_VERSION})", record.chunker_version),
+                format!(
+                    "chunker version {} is not supported (this controller accepts {CHUNKER_VERSIONS_ACCEPTED:?}): upgrade the controller",
+                    record.chunker_version
+                ),
             ));
         }
         let root = BlobRef::tree(&record.root);
@@ -625,7 +628,7 @@ mod lifecycle_tests {
             finished_ns: t,
             root,
             parent: None,
-            chunker_version: CHUNKER_VERSION,
+            chunker_version: pulih_core::formats::CHUNKER_VERSION,
             stats: SnapshotStats::default(),
             errors_total: 0,
             errors: vec![],

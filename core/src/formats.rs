@@ -21,14 +21,33 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Chunker parameter set. Changing chunk sizes changes every chunk id of new
 /// data (deduplication against older snapshots is lost), so it is versioned
 /// and recorded in every snapshot.
-pub const CHUNKER_VERSION: u16 = 1;
+///
+/// - 1: every file cut with [`CHUNK_MIN`]/[`CHUNK_AVG`]/[`CHUNK_MAX`].
+/// - 2: as 1, except files the agent's `small_chunks` patterns select
+///   (database and disk-image files: rewritten in place in small pages) are
+///   cut with [`CHUNK_SMALL_MIN`]/[`CHUNK_SMALL_AVG`]/[`CHUNK_SMALL_MAX`], so a
+///   page rewrite re-sends about 64 KiB instead of about 256 KiB. Which files
+///   those are is the agent's configuration; a reader never needs to know (a
+///   file's chunk lengths are in its tree entry).
+pub const CHUNKER_VERSION: u16 = 2;
 
-/// Smallest chunk the v1 chunker cuts (except a file's last chunk).
+/// Chunker versions a controller accepts in a snapshot record: those of
+/// agents it may still meet. Restores do not depend on the version.
+pub const CHUNKER_VERSIONS_ACCEPTED: &[u16] = &[1, 2];
+
+/// Smallest chunk the standard profile cuts (except a file's last chunk).
 pub const CHUNK_MIN: u32 = 64 * 1024;
-/// Average chunk size the v1 chunker aims for.
+/// Average chunk size the standard profile aims for.
 pub const CHUNK_AVG: u32 = 256 * 1024;
-/// Largest chunk the v1 chunker cuts.
+/// Largest chunk the standard profile cuts.
 pub const CHUNK_MAX: u32 = 1024 * 1024;
+
+/// Smallest chunk the small profile (chunker version 2) cuts.
+pub const CHUNK_SMALL_MIN: u32 = 16 * 1024;
+/// Average chunk size the small profile aims for.
+pub const CHUNK_SMALL_AVG: u32 = 64 * 1024;
+/// Largest chunk the small profile cuts.
+pub const CHUNK_SMALL_MAX: u32 = 256 * 1024;
 
 /// Largest plaintext chunk anyone accepts. Above [`CHUNK_MAX`] so that a
 /// later chunker version with larger chunks stays readable.

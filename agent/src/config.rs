@@ -643,8 +643,10 @@ impl Settings {
                     }
                 }
             }
-            let exclude = PathPatterns::compile("exclude", &d.exclude).map_err(|e| problems.push(format!("{at}: {e}"))).ok();
-            let small = d.small_chunks.clone().unwrap_or_else(|| DEFAULT_SMALL_CHUNKS.iter().map(|p| p.to_string()).collect());
+            let exclude =
+                PathPatterns::compile("exclude", &d.exclude).map_err(|e| problems.push(format!("{at}: {e}"))).ok();
+            let small =
+                d.small_chunks.clone().unwrap_or_else(|| DEFAULT_SMALL_CHUNKS.iter().map(|p| p.to_string()).collect());
             let small_chunks =
                 PathPatterns::compile("small_chunks", &small).map_err(|e| problems.push(format!("{at}: {e}"))).ok();
             let schedule = d
@@ -965,7 +967,8 @@ mod tests {
             Settings::parse(&t)
         };
         let s = dataset("").unwrap();
-        let small = |rel: &str| s.datasets[0].small_chunks.matches(&Path::new("/srv/db").join(rel), Path::new(rel), false);
+        let small =
+            |rel: &str| s.datasets[0].small_chunks.matches(&Path::new("/srv/db").join(rel), Path::new(rel), false);
         for rel in [
             "simpeg.db",
             "app/pegawai data.db",
@@ -981,7 +984,14 @@ mod tests {
         ] {
             assert!(small(rel), "{rel}");
         }
-        for rel in ["a.txt", "media/foto.jpg", "logs/app.log", "main/base/PG_VERSION", "main/pg_wal/000000010000000000000001", "dbx"] {
+        for rel in [
+            "a.txt",
+            "media/foto.jpg",
+            "logs/app.log",
+            "main/base/PG_VERSION",
+            "main/pg_wal/000000010000000000000001",
+            "dbx",
+        ] {
             assert!(!small(rel), "{rel}");
         }
         let off = dataset("small_chunks = []").unwrap();

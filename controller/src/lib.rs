@@ -29,6 +29,7 @@ pub mod scrub;
 pub mod server;
 pub mod session;
 pub mod standby;
+pub mod stop;
 pub mod store;
 pub mod systems;
 pub mod units;

@@ -9,7 +9,6 @@
 //! Also here: the tables the CLI and `pulihctl` print, so both show the
 //! same thing, and [`run_scheduled`], the prune and GC loop of `serve`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -208,11 +207,11 @@ fn first_due(dd: &DataDir, prune_every: Option<i64>, gc_every: Option<i64>) -> R
 /// Each run is audited with actor [`SCHEDULER`]; a failure (e.g. a local
 /// `gc` holding the GC lock) is logged and audited, and tried again one
 /// interval later. A GC in progress finishes before `stop` is seen.
-pub fn run_scheduled(dd: &DataDir, prune_every: Option<i64>, gc_every: Option<i64>, stop: &AtomicBool) {
+pub fn run_scheduled(dd: &DataDir, prune_every: Option<i64>, gc_every: Option<i64>, stop: &crate::stop::Stop) {
     if prune_every.is_none() && gc_every.is_none() {
         return;
     }
-    let stopped = || stop.load(Ordering::Relaxed);
+    let stopped = || stop.is_stopped();
     let (mut next_prune, mut next_gc) = first_due(dd, prune_every, gc_every).unwrap_or_else(|e| {
         warn!(error = %format!("{e:#}"), "scheduled prune/gc: cannot read the catalog; first run in one interval");
         (prune_every.map(|e| now_secs() + e), gc_every.map(|e| now_secs() + e))
@@ -220,7 +219,7 @@ pub fn run_scheduled(dd: &DataDir, prune_every: Option<i64>, gc_every: Option<i6
     while !stopped() {
         let due = next_prune.unwrap_or(i64::MAX).min(next_gc.unwrap_or(i64::MAX));
         if now_secs() < due {
-            std::thread::sleep(Duration::from_millis(250));
+            stop.sleep(Duration::from_secs(1));
             continue;
         }
         if let (Some(at), Some(every)) = (next_prune, prune_every) {

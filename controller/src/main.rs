@@ -580,14 +580,14 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 let (store_root, catalog_path, tracker) = (dd.store_path(), dd.catalog_path(), scrubs.clone());
                 std::thread::spawn(move || scrub::run_scheduled(&store_root, &catalog_path, interval, rate, &tracker))
             });
-            let stop_maintenance = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stop_maintenance = Arc::new(pulih_controller::stop::Stop::default());
             let maintenance = {
                 let (prune_every, gc_every) = cfg.maintenance_schedule();
                 let (dd, stop) = (dd.clone(), stop_maintenance.clone());
                 std::thread::spawn(move || lifecycle::run_scheduled(&dd, prune_every, gc_every, &stop))
             };
             // Scheduled drills, likewise.
-            let stop_drills = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stop_drills = Arc::new(pulih_controller::stop::Stop::default());
             let drill_scheduler = cfg.drills.scheduled.then(|| {
                 let (engine, stop, every) = (engine.clone(), stop_drills.clone(), cfg.drill_check_interval());
                 std::thread::spawn(move || drill::schedule::run_scheduled(engine, every, stop))
@@ -620,12 +620,12 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             });
             // Scrubs (scheduled or started over the API) poll this between blobs.
             scrubs.stop();
-            stop_maintenance.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop_maintenance.stop();
             if let Some(t) = scrubber {
                 let _ = t.join();
             }
             // A running drill's checks are stopped; its teardown still runs.
-            stop_drills.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop_drills.stop();
             engine.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(t) = drill_scheduler {
                 let _ = t.join();

@@ -26,7 +26,7 @@
 //! at shutdown.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -117,7 +117,7 @@ struct Running {
 #[derive(Default)]
 pub struct ScrubTracker {
     running: Mutex<Option<Running>>,
-    stop: AtomicBool,
+    stop: crate::stop::Stop,
 }
 
 /// Held while a scrub runs; dropping it frees the tracker.
@@ -171,11 +171,16 @@ impl ScrubTracker {
 
     /// Asks every scrub of this process to stop (at shutdown).
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.stop();
     }
 
     pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.stop.is_stopped()
+    }
+
+    /// Sleeps for `d` or until stopped; returns whether it is stopped.
+    pub fn sleep(&self, d: Duration) -> bool {
+        self.stop.sleep(d)
     }
 }
 
@@ -444,14 +449,14 @@ pub fn run_scheduled(
             crate::catalog::now_secs() + interval_secs.min(3600)
         });
         while !stopped() && crate::catalog::now_secs() < due {
-            std::thread::sleep(Duration::from_secs(1));
+            tracker.sleep(Duration::from_secs(1));
         }
         if stopped() {
             break;
         }
         let Some(slot) = tracker.try_start(crate::lifecycle::SCHEDULER, Some(rate)) else {
             // A scrub started over the API is running; look again after it.
-            std::thread::sleep(Duration::from_secs(1));
+            tracker.sleep(Duration::from_secs(1));
             continue;
         };
         info!("scheduled scrub starting");
@@ -478,12 +483,7 @@ pub fn run_scheduled(
             Err(e) => {
                 warn!(error = %e, "scheduled scrub failed");
                 // Avoid a tight loop when the failure is immediate.
-                for _ in 0..60 {
-                    if stopped() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                }
+                tracker.sleep(Duration::from_secs(60));
             }
         }
     }

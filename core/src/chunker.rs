@@ -296,7 +296,8 @@ mod tests {
             };
             let before = ids(&data);
             let cuts = boundaries(profile, &edited);
-            let new: usize = cuts.iter().filter(|(o, l)| !before.contains(&blake3::hash(&edited[*o..o + l]))).map(|c| c.1).sum();
+            let new: usize =
+                cuts.iter().filter(|(o, l)| !before.contains(&blake3::hash(&edited[*o..o + l]))).map(|c| c.1).sum();
             let max = profile.sizes().2 as usize;
             assert!(new >= pages * 8192 && new <= pages * 2 * max, "{profile:?}: {new} bytes re-sent");
             sent.push(new);

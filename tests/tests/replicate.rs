@@ -161,7 +161,12 @@ fn database_files_get_small_chunks_and_page_rewrites_send_less() {
     rewrite("pegawai.bin", 100);
     let bin = agent.snapshot();
     assert_eq!((db.bytes_read, bin.bytes_read), (pages.len() as u64, pages.len() as u64));
-    assert!(db.bytes_sent * 5 < bin.bytes_sent * 2, "sent {} for the .db and {} for the .bin", db.bytes_sent, bin.bytes_sent);
+    assert!(
+        db.bytes_sent * 5 < bin.bytes_sent * 2,
+        "sent {} for the .db and {} for the .bin",
+        db.bytes_sent,
+        bin.bytes_sent
+    );
     let dest = tmp.path().join("r");
     assert!(ctl.restore(&bin.id, Some(&src), &dest).status.success());
     assert_same_tree(&src, &dest);

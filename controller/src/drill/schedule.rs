@@ -10,7 +10,7 @@
 //! (dependency order and parallel levels as for a manual drill).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,16 +63,12 @@ pub fn tick(engine: &Arc<Engine>) -> Result<Option<i64>, DrillError> {
 }
 
 /// The scheduler loop of `serve`; returns when `stop` is set.
-pub fn run_scheduled(engine: Arc<Engine>, interval_secs: i64, stop: Arc<AtomicBool>) {
+pub fn run_scheduled(engine: Arc<Engine>, interval_secs: i64, stop: Arc<crate::stop::Stop>) {
     let interval = Duration::from_secs(interval_secs.max(1) as u64);
     loop {
         // Sleep first: a controller that just started serves agents first.
-        let until = std::time::Instant::now() + interval;
-        while std::time::Instant::now() < until {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200).min(interval));
+        if stop.sleep(interval) {
+            return;
         }
         match tick(&engine) {
             Ok(Some(id)) => info!(drill = id, "scheduled drill started"),

@@ -28,10 +28,11 @@ pub enum Item {
 
 /// Most has-chunks queries awaiting answers.
 pub const MAX_QUERIES: usize = 16;
-/// Most compressed bytes held while waiting for answers. 12 MiB covers the
-/// controller's 8 MiB receive queue plus a round trip; 16 MiB bought no
-/// measurable speed and cost the agent ~12 MiB of peak memory (bench/RESULTS.md).
-pub const WINDOW_BYTES: usize = 12 * 1024 * 1024;
+/// Most compressed bytes held while waiting for answers: as much as the
+/// controller's receive queue. 12 and 16 MiB bought no measurable speed on
+/// the benchmark and cost the agent ~5 and ~12 MiB of peak memory
+/// (bench/RESULTS.md); at 8 MiB a 50 ms round trip still allows 160 MiB/s.
+pub const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 /// Chunk ids per query.
 const BATCH_IDS: usize = 512;
 /// Compressed bytes per query, so large chunks still flow in several batches.

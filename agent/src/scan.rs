@@ -636,10 +636,10 @@ impl From<io::Error> for ReadFail {
 
 /// Most chunk ids remembered as sent in one snapshot: 7/8 of 65,536, the
 /// load limit of a table of that size, so the set is allocated once (about
-/// 2.1 MiB) and never grows with the data set (it did: 250,000 ids meant a
-/// 17 MiB table on large data sets). When full it is emptied; a chunk met
-/// again after that is compressed again and the controller's answer to the
-/// has-chunks query keeps it from being sent twice.
+/// 2.1 MiB) and never grows with the data set (the earlier limit, 250,000
+/// ids, let it grow to a 17 MiB table). When full it is emptied; a chunk met
+/// again after that is compressed and asked about again (usually answered
+/// "present"; at worst sent again, and the controller stores it once).
 const SEEN_LIMIT: usize = 57_344;
 
 /// Data extents of a file: `(offset, len)`; several only for sparse files.

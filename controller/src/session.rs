@@ -619,6 +619,10 @@ mod lifecycle_tests {
     }
 
     fn record(root: TreeId, t: i64) -> Vec<u8> {
+        record_with(root, t, pulih_core::formats::CHUNKER_VERSION)
+    }
+
+    fn record_with(root: TreeId, t: i64, chunker_version: u16) -> Vec<u8> {
         SnapshotRecord {
             agent: AgentName::new("web").unwrap(),
             dataset: DatasetName::new("www").unwrap(),
@@ -628,7 +632,7 @@ mod lifecycle_tests {
             finished_ns: t,
             root,
             parent: None,
-            chunker_version: pulih_core::formats::CHUNKER_VERSION,
+            chunker_version,
             stats: SnapshotStats::default(),
             errors_total: 0,
             errors: vec![],
@@ -736,5 +740,26 @@ mod lifecycle_tests {
         s.commit(&record(root, 3)).unwrap();
         assert_eq!(cat.snapshots(None, None).unwrap().len(), 1);
         let _ = BlobKind::Chunk;
+    }
+
+    /// A snapshot record from an agent with an unknown chunker version is
+    /// refused with a message naming what is accepted, and the blobs already
+    /// sent stay; older agents' version 1 and this version commit.
+    #[test]
+    fn unknown_chunker_versions_are_refused_and_known_ones_commit() {
+        let f = fixture();
+        let mut s = session(&f);
+        let c = put_chunk(&mut s, b"chunk of a future agent");
+        let root = put_tree(&mut s, vec![file("x", c, 23)]);
+        let err = s.commit(&record_with(root, 1, 99)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Version, "{err}");
+        assert!(err.message.contains("chunker version 99") && err.message.contains("[1, 2]"), "{err}");
+        let cat = Catalog::open(&f.cat_path).unwrap();
+        assert!(cat.snapshots(None, None).unwrap().is_empty());
+        assert!(f.backend.store.present(&BlobRef::chunk(&c)).unwrap());
+        for (t, v) in [(2, 1), (3, pulih_core::formats::CHUNKER_VERSION)] {
+            s.commit(&record_with(root, t, v)).unwrap();
+        }
+        assert_eq!(cat.snapshots(None, None).unwrap().len(), 2);
     }
 }

@@ -10,7 +10,6 @@
 //! (dependency order and parallel levels as for a manual drill).
 
 use std::collections::BTreeSet;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -158,9 +158,10 @@ fn once(
     }
     info!(dataset = %ds.name, %controller, parent = ?parent_id.map(|p| p.short()), incremental = dirty.is_some(), "snapshot started");
 
-    // Items (compressed chunks, trees) between the workers and the uploader:
-    // a short queue, since each holds up to a compressed 1 MiB chunk.
-    let (tx, rx) = mpsc::sync_channel(16);
+    // Batches of items (compressed chunks, trees) between the workers and
+    // the uploader: a short queue, since each batch holds 512 KiB or more
+    // (scan::ITEM_BATCH_BYTES plus one chunk of up to 1 MiB).
+    let (tx, rx) = mpsc::sync_channel(4);
     let progress = Arc::new(Progress::default());
     let abort = Arc::new(AtomicBool::new(false));
     let pack = PackWriter::create(&pack_path)?;

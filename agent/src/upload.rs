@@ -59,7 +59,7 @@ enum Pending {
 }
 
 /// Uploads everything received on `rx` until it closes.
-pub fn run(conn: &mut Conn, rx: Receiver<Item>) -> Result<UploadStats, ConnError> {
+pub fn run(conn: &mut Conn, rx: Receiver<Vec<Item>>) -> Result<UploadStats, ConnError> {
     let mut up = Uploader {
         conn,
         queue: VecDeque::new(),
@@ -69,6 +69,7 @@ pub fn run(conn: &mut Conn, rx: Receiver<Item>) -> Result<UploadStats, ConnError
         queries: 0,
         stats: UploadStats::default(),
     };
+    let mut inbox = Vec::new().into_iter();
     loop {
         if up.queries >= MAX_QUERIES {
             up.read_answer()?;
@@ -83,7 +84,19 @@ pub fn run(conn: &mut Conn, rx: Receiver<Item>) -> Result<UploadStats, ConnError
                 continue;
             }
         }
-        match rx.recv_timeout(Duration::from_millis(2)) {
+        // Items come in batches (one hand-off per batch); taken one by one
+        // so the window is kept exactly.
+        let next = match inbox.next() {
+            Some(item) => Ok(item),
+            None => match rx.recv_timeout(Duration::from_millis(2)) {
+                Ok(batch) => {
+                    inbox = batch.into_iter();
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match next {
             Ok(Item::Chunk { id, raw_len, data }) => {
                 up.held += data.len();
                 up.stats.chunks_offered += 1;

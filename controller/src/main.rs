@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use pulih_controller::api::{self, ApiState, FailureLimiter};
-use pulih_controller::catalog::{actor_local, now_secs, AuditRow, NewAudit, Role};
+use pulih_controller::catalog::{actor_local, AuditRow, NewAudit, Role};
 use pulih_controller::config::{DEFAULT_API_LISTEN, DEFAULT_LISTEN};
 use pulih_controller::datadir::DataDir;
 use pulih_controller::metrics::Metrics;
@@ -795,7 +795,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             };
             let store = dd.store()?;
             let mut v = Verifier::new(&store);
-            let started = now_secs();
+            let started = std::time::Instant::now();
             for s in &targets {
                 v.snapshot(&s.id, &s.root_tree.parse()?).with_context(|| format!("verifying snapshot {}", s.id))?;
             }
@@ -815,12 +815,12 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     out!("DAMAGED snapshot {} path {} {} {}: {}", &d.snapshot[..12], d.path, d.kind, d.id, d.reason);
                 }
                 out!(
-                    "Verified {} snapshot(s): {} trees, {} chunks, {} checked in {} s; {} damaged reference(s)",
+                    "Verified {} snapshot(s): {} trees, {} chunks, {} checked in {:.1} s; {} damaged reference(s)",
                     report.snapshots,
                     report.trees_checked,
                     report.chunks_checked,
                     pulih_controller::units::human_bytes(report.bytes_checked),
-                    now_secs() - started,
+                    started.elapsed().as_secs_f64(),
                     report.damage.len()
                 );
             }

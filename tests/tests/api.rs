@@ -340,7 +340,10 @@ fn pulihctl_end_to_end() {
 
     // Verify and restore as coordinator.
     let out = pulihctl_ok(&ctl, &coord, &["verify", &snap[..8]]);
-    assert!(out.contains("Verified 1 snapshot(s)") && out.contains("0 damaged"), "{out}");
+    assert!(
+        out.contains("Verified 1 snapshot(s)") && out.contains(" checked in ") && out.contains("0 damaged"),
+        "{out}"
+    );
     let v = json_of(&ctl, &coord, &["verify", "--all"]);
     assert_eq!(v["snapshots"], 1);
     assert_eq!(v["damage"].as_array().unwrap().len(), 0);

@@ -872,7 +872,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("name the snapshots to verify, or use --all");
             }
             let body = serde_json::to_value(VerifyRequest { snapshots: ids, all })?;
+            let started = std::time::Instant::now();
             let r: VerifyResult = c.call("POST", "/verify", Some(body))?;
+            // Measured here: the whole request, as the coordinator waited for it.
+            let took = started.elapsed().as_secs_f64();
             if json {
                 print_json(&r)?;
             } else {
@@ -887,11 +890,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
                 out!(
-                    "Verified {} snapshot(s): {} trees, {} chunks, {} checked; {} damaged reference(s)",
+                    "Verified {} snapshot(s): {} trees, {} chunks, {} checked in {:.1} s; {} damaged reference(s)",
                     r.snapshots,
                     r.trees_checked,
                     r.chunks_checked,
                     pulih_controller::units::human_bytes(r.bytes_checked),
+                    took,
                     r.damage.len()
                 );
             }

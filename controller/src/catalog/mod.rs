@@ -159,6 +159,12 @@ fn configure(conn: &Connection) -> Result<(), CatalogError> {
     // FULL: a committed snapshot survives power loss, not only a crash.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Up to 32 MiB of pages per connection (SQLite's default is 2 MiB): a
+    // session asks about every blob it receives, ids are random, and with
+    // a million blobs the indexes outgrow the default cache, so most
+    // lookups became a `pread` each (bench/RESULTS.md, "Scale"). The cache
+    // grows only as pages are used.
+    conn.pragma_update(None, "cache_size", -32768)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     Ok(())
 }

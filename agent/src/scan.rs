@@ -659,13 +659,30 @@ fn worker(
             if abort.load(Ordering::Relaxed) {
                 return;
             }
-            match run_job(&job, &mut zstd, &mut window, &mut outbox, &progress, &seen, &issues) {
-                Ok(out) => results.push(Event::Done { slot: job.slot, out }),
-                Err(Stopped) => {
+            let out = match read_file(&job, &mut zstd, &mut window, &mut outbox, &progress, &seen) {
+                Ok(Some((done, changed))) => {
+                    if changed {
+                        progress.changed_while_read.fetch_add(1, Ordering::Relaxed);
+                        issues
+                            .add(&job.path, "file changed while it was read; the next snapshot reads it again".into());
+                    }
+                    Some(done)
+                }
+                Ok(None) => None,
+                Err(ReadFail::Aborted) => {
                     abort.store(true, Ordering::Relaxed);
                     return;
                 }
-            }
+                Err(ReadFail::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                    issues.add(&job.path, "vanished while the snapshot ran; not in this snapshot".into());
+                    None
+                }
+                Err(ReadFail::Io(e)) => {
+                    issues.add(&job.path, format!("cannot read file: {e}"));
+                    None
+                }
+            };
+            results.push(Event::Done { slot: job.slot, out });
         }
         // The chunks first: the assembler may send a tree as soon as it
         // has the results, and the tree must reach the uploader after them.
@@ -702,41 +719,6 @@ impl Outbox<'_> {
         }
         self.bytes = 0;
         self.to.send(std::mem::take(&mut self.items)).map_err(|_| ReadFail::Aborted)
-    }
-}
-
-/// The upload stopped: the pipeline winds down.
-struct Stopped;
-
-/// Reads one changed file; its result for the assembler (`None`: not in
-/// the snapshot, the reason recorded as an issue).
-fn run_job(
-    job: &Job,
-    zstd: &mut Compressor,
-    window: &mut ChunkWindow,
-    outbox: &mut Outbox<'_>,
-    progress: &Progress,
-    seen: &Mutex<HashSet<ChunkId>>,
-    issues: &Issues,
-) -> Result<Option<Done>, Stopped> {
-    match read_file(job, zstd, window, outbox, progress, seen) {
-        Ok(Some((done, changed))) => {
-            if changed {
-                progress.changed_while_read.fetch_add(1, Ordering::Relaxed);
-                issues.add(&job.path, "file changed while it was read; the next snapshot reads it again".into());
-            }
-            Ok(Some(done))
-        }
-        Ok(None) => Ok(None),
-        Err(ReadFail::Aborted) => Err(Stopped),
-        Err(ReadFail::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
-            issues.add(&job.path, "vanished while the snapshot ran; not in this snapshot".into());
-            Ok(None)
-        }
-        Err(ReadFail::Io(e)) => {
-            issues.add(&job.path, format!("cannot read file: {e}"));
-            Ok(None)
-        }
     }
 }
 

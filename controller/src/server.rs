@@ -9,14 +9,17 @@
 //! idle reads by timeouts, frames by [`MAX_FRAME_LEN`]. Shutdown is a
 //! [`CancellationToken`]; connection tasks are tracked and awaited.
 //!
-//! An agent's upload is pipelined: the connection task reads frames and
-//! hands the session's work (has-chunks, put-chunk, put-tree, commit,
-//! report) to one blocking worker per connection through a queue bounded
-//! by [`QUEUE_BYTES`], so TLS and frame decoding overlap with decompressing,
-//! hashing and writing earlier blobs. The worker handles jobs in order and
-//! answers in order; the first error ends the session as before, and a
-//! commit is answered by the worker only after every earlier blob is
-//! verified, durable and recorded ([`crate::session`]).
+//! An agent's upload is pipelined over three threads: the connection task
+//! reads frames and hands the session's work (has-chunks, put-chunk,
+//! put-tree, commit, report) through a queue bounded by [`QUEUE_BYTES`] to
+//! a blocking verifier (decompress and rehash every blob), which passes it
+//! on to a blocking worker (catalog, store, checkpoints, commit). So TLS
+//! and frame decoding, verifying, and writing earlier blobs overlap: with
+//! small blobs, verifying and staging on one thread kept it busy while the
+//! agent's cores waited. Both handle jobs in order and the worker answers
+//! in order; the first error (a refusal by the verifier included) ends the
+//! session as before, and a commit is answered only after every earlier
+//! blob is verified, durable and recorded ([`crate::session`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +44,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::catalog::{Catalog, NewAudit, TokenCheck};
 use crate::framed::Framed;
 use crate::pki::{Ca, AGENT_DAYS};
-use crate::session::{Backend, SessionError, UploadSession};
+use crate::session::{Backend, SessionError, UploadSession, VerifiedChunk, VerifiedTree, Verifier};
 use crate::standby::JobSession;
 
 /// Most answer bytes queued for an agent that does not read them.
@@ -64,30 +67,73 @@ enum Job {
     Report(Vec<DatasetReport>),
 }
 
+/// A job after verification on receipt, on its way to the staging worker.
+enum Checked {
+    Missing(Vec<ChunkId>),
+    Chunk(VerifiedChunk),
+    Tree(VerifiedTree),
+    Commit(Vec<u8>),
+    Report(Vec<DatasetReport>),
+    /// Verification failed: the worker answers with this error in order.
+    Refused(SessionError),
+}
+
 /// The worker's side of a session: answers (or the session's error) go back
 /// in order; a job's permit returns its bytes to the queue when done.
 type Reply = Result<Message, SessionError>;
 
-/// Runs a session's jobs in order until the queue closes, `stop` is set or
-/// a job fails (its error is the last reply).
-fn run_worker(
-    mut session: UploadSession,
+/// Verifies a session's blobs in order ahead of its staging worker and
+/// passes every job on with its permit; stops after the first refusal,
+/// when `stop` is set or when either queue closes.
+fn run_verifier(
     mut jobs: mpsc::UnboundedReceiver<(Job, OwnedSemaphorePermit)>,
-    replies: mpsc::UnboundedSender<Reply>,
+    checked: std::sync::mpsc::Sender<(Checked, OwnedSemaphorePermit)>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut verifier = Verifier::default();
     while let Some((job, permit)) = jobs.blocking_recv() {
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        let job = match job {
+            Job::Missing(ids) => Checked::Missing(ids),
+            Job::Chunk(id, raw_len, data) => {
+                verifier.chunk(id, raw_len, data).map_or_else(Checked::Refused, Checked::Chunk)
+            }
+            Job::Tree(id, raw_len, data) => {
+                verifier.tree(id, raw_len, data).map_or_else(Checked::Refused, Checked::Tree)
+            }
+            Job::Commit(record) => Checked::Commit(record),
+            Job::Report(datasets) => Checked::Report(datasets),
+        };
+        let refused = matches!(job, Checked::Refused(_));
+        if checked.send((job, permit)).is_err() || refused {
+            break;
+        }
+    }
+}
+
+/// Runs a session's verified jobs in order until the queue closes, `stop`
+/// is set or a job fails (its error is the last reply).
+fn run_worker(
+    mut session: UploadSession,
+    jobs: std::sync::mpsc::Receiver<(Checked, OwnedSemaphorePermit)>,
+    replies: mpsc::UnboundedSender<Reply>,
+    stop: Arc<AtomicBool>,
+) {
+    while let Ok((job, permit)) = jobs.recv() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let res = match job {
-            Job::Missing(ids) => session.missing(&ids).map(|ids| Some(Message::Missing { ids })),
-            Job::Chunk(id, raw_len, data) => session.put_chunk(id, raw_len, data).map(|()| None),
-            Job::Tree(id, raw_len, data) => session.put_tree(id, raw_len, data).map(|()| None),
-            Job::Commit(record) => session
+            Checked::Missing(ids) => session.missing(&ids).map(|ids| Some(Message::Missing { ids })),
+            Checked::Chunk(chunk) => session.put_chunk(chunk).map(|()| None),
+            Checked::Tree(tree) => session.put_tree(tree).map(|()| None),
+            Checked::Commit(record) => session
                 .commit(&record)
                 .map(|(id, bytes_new, blobs_new)| Some(Message::Committed { id, bytes_new, blobs_new })),
-            Job::Report(datasets) => session.report(&datasets).map(|repair| Some(Message::ReportOk { repair })),
+            Checked::Report(datasets) => session.report(&datasets).map(|repair| Some(Message::ReportOk { repair })),
+            Checked::Refused(e) => Err(e),
         };
         let failed = res.is_err();
         // The answer is in the channel before the permit returns, so once
@@ -327,11 +373,16 @@ impl Server {
         let session = UploadSession::new(self.backend.clone(), agent_id, agent.clone());
         let jobs = Arc::new(Mutex::new(JobSession::new(self.backend.clone(), agent.clone())));
         let (job_tx, job_rx) = mpsc::unbounded_channel();
+        let (checked_tx, checked_rx) = std::sync::mpsc::channel();
         let (reply_tx, reply_rx) = mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
+        let verifier = {
+            let stop = stop.clone();
+            tokio::task::spawn_blocking(move || run_verifier(job_rx, checked_tx, stop))
+        };
         let worker = {
             let stop = stop.clone();
-            tokio::task::spawn_blocking(move || run_worker(session, job_rx, reply_tx, stop))
+            tokio::task::spawn_blocking(move || run_worker(session, checked_rx, reply_tx, stop))
         };
         let mut pipe = Pipeline { jobs: job_tx, replies: reply_rx, queue: Arc::new(Semaphore::new(QUEUE_BYTES)) };
         let result = self.session_loop(&mut conn, &mut pipe, jobs, shutdown, &agent, agent_id).await;
@@ -340,6 +391,7 @@ impl Server {
         // catalog is never left to a thread nobody waits for.
         stop.store(true, Ordering::Relaxed);
         drop(pipe);
+        let _ = verifier.await;
         let _ = worker.await;
         if let Err(e) = &result {
             let (code, message) = match e.downcast_ref::<SessionError>() {

@@ -1,7 +1,10 @@
 //! One agent's upload session: verify on receipt, stage, checkpoint, commit.
 //!
 //! Everything here is synchronous and is called from `spawn_blocking`; the
-//! async server only moves frames. The session holds the blobs verified
+//! async server only moves frames. A blob is first checked by a
+//! [`Verifier`] (bounded decompression, rehash, tree decoding), which alone
+//! makes the [`VerifiedChunk`] and [`VerifiedTree`] that a session stages,
+//! so nothing unverified can reach the store. The session holds the blobs verified
 //! since its last checkpoint (`received`) and those written but not yet
 //! durable (`pending`); a checkpoint syncs the store and records both in the
 //! catalog in one transaction, after which the catalog answers for them. So
@@ -101,6 +104,68 @@ struct Inflight {
     blobs: Vec<BlobRef>,
 }
 
+/// A chunk whose content matched its id; only [`Verifier`] makes one.
+#[derive(Debug)]
+pub struct VerifiedChunk {
+    id: ChunkId,
+    raw_len: u32,
+    data: Vec<u8>,
+}
+
+/// A tree whose content matched its id and decoded; only [`Verifier`]
+/// makes one.
+#[derive(Debug)]
+pub struct VerifiedTree {
+    id: TreeId,
+    raw_len: u32,
+    data: Vec<u8>,
+    tree: Tree,
+}
+
+/// Verification on receipt (F23, F25, F26): every blob is decompressed
+/// within its declared and maximum size and rehashed before a session
+/// stages it. Kept apart from [`UploadSession`] so the server can run it on
+/// a thread of its own, ahead of staging: for small blobs, staging (a
+/// catalog query and a file each) and verifying took one core together.
+#[derive(Debug)]
+pub struct Verifier {
+    /// One zstd context for every blob of the session.
+    dec: Decompressor,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Self { dec: Decompressor::new() }
+    }
+}
+
+impl Verifier {
+    /// Checks a chunk against its id.
+    pub fn chunk(&mut self, id: ChunkId, raw_len: u32, data: Vec<u8>) -> Result<VerifiedChunk, SessionError> {
+        self.dec.open_chunk(&id, &data, raw_len.into()).map_err(|e| integrity("chunk", &id.to_hex(), e))?;
+        Ok(VerifiedChunk { id, raw_len, data })
+    }
+
+    /// Checks a tree against its id and decodes it.
+    pub fn tree(&mut self, id: TreeId, raw_len: u32, data: Vec<u8>) -> Result<VerifiedTree, SessionError> {
+        let plain = self
+            .dec
+            .decompress_exact(&data, raw_len.into(), MAX_TREE_LEN)
+            .map_err(|e| integrity("tree", &id.to_hex(), e))?;
+        let actual = TreeId::of(&plain);
+        if actual != id {
+            return Err(integrity(
+                "tree",
+                &id.to_hex(),
+                CodecError::HashMismatch { expected: id.to_hex(), actual: actual.to_hex() },
+            ));
+        }
+        let tree = Tree::decode(&plain)
+            .map_err(|e| SessionError::new(ErrorCode::Integrity, format!("tree {}: {e}", id.to_hex())))?;
+        Ok(VerifiedTree { id, raw_len, data, tree })
+    }
+}
+
 /// Per-connection upload state.
 #[derive(Debug)]
 pub struct UploadSession {
@@ -112,8 +177,6 @@ pub struct UploadSession {
     received: HashSet<BlobRef>,
     batch: Batch,
     inflight: Option<Inflight>,
-    /// One zstd context for every blob of the session.
-    dec: Decompressor,
     /// Bytes physically added to the store (for the catalog).
     stored_new: u64,
     /// Blobs and bytes new to *this agent* (reported to it). Counting what
@@ -135,7 +198,6 @@ impl UploadSession {
             received: HashSet::new(),
             batch: Batch::default(),
             inflight: None,
-            dec: Decompressor::new(),
             stored_new: 0,
             bytes_new: 0,
             blobs_new: 0,
@@ -210,28 +272,15 @@ impl UploadSession {
         Ok(cat.repair_wanted(self.agent_id)?)
     }
 
-    /// Verifies and stages a chunk (F23, F25, F26).
-    pub fn put_chunk(&mut self, id: ChunkId, raw_len: u32, data: Vec<u8>) -> Result<(), SessionError> {
-        self.dec.open_chunk(&id, &data, raw_len.into()).map_err(|e| integrity("chunk", &id.to_hex(), e))?;
+    /// Stages a chunk that passed verification on receipt.
+    pub fn put_chunk(&mut self, chunk: VerifiedChunk) -> Result<(), SessionError> {
+        let VerifiedChunk { id, raw_len, data } = chunk;
         self.stage(BlobRef::chunk(&id), raw_len.into(), &data)
     }
 
-    /// Verifies and stages a tree whose references are all known.
-    pub fn put_tree(&mut self, id: TreeId, raw_len: u32, data: Vec<u8>) -> Result<(), SessionError> {
-        let plain = self
-            .dec
-            .decompress_exact(&data, raw_len.into(), MAX_TREE_LEN)
-            .map_err(|e| integrity("tree", &id.to_hex(), e))?;
-        let actual = TreeId::of(&plain);
-        if actual != id {
-            return Err(integrity(
-                "tree",
-                &id.to_hex(),
-                CodecError::HashMismatch { expected: id.to_hex(), actual: actual.to_hex() },
-            ));
-        }
-        let tree = Tree::decode(&plain)
-            .map_err(|e| SessionError::new(ErrorCode::Integrity, format!("tree {}: {e}", id.to_hex())))?;
+    /// Stages a verified tree whose references are all known.
+    pub fn put_tree(&mut self, tree: VerifiedTree) -> Result<(), SessionError> {
+        let VerifiedTree { id, raw_len, data, tree } = tree;
         let (chunks, trees) = tree.references();
         let mut relied = Vec::new();
         {
@@ -608,13 +657,15 @@ mod lifecycle_tests {
 
     fn put_tree(s: &mut UploadSession, entries: Vec<Entry>) -> TreeId {
         let (id, plain) = Tree::new(entries).unwrap().encode();
-        s.put_tree(id, plain.len() as u32, pulih_core::codec::compress(&plain, 3)).unwrap();
+        let tree = Verifier::default().tree(id, plain.len() as u32, pulih_core::codec::compress(&plain, 3)).unwrap();
+        s.put_tree(tree).unwrap();
         id
     }
 
     fn put_chunk(s: &mut UploadSession, data: &[u8]) -> ChunkId {
         let id = ChunkId::of(data);
-        s.put_chunk(id, data.len() as u32, pulih_core::codec::compress(data, 3)).unwrap();
+        let chunk = Verifier::default().chunk(id, data.len() as u32, pulih_core::codec::compress(data, 3)).unwrap();
+        s.put_chunk(chunk).unwrap();
         id
     }
 

@@ -230,30 +230,30 @@ impl UploadSession {
     /// A chunk recorded as damaged counts as missing, so the agent resends
     /// it and the stored copy is repaired (F15, F22).
     pub fn missing(&mut self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, SessionError> {
+        // Chunks received in this session are had; the catalog is asked
+        // about the others in one read.
+        let (ids, asked): (Vec<ChunkId>, Vec<BlobRef>) =
+            ids.iter().map(|id| (*id, BlobRef::chunk(id))).filter(|(_, b)| !self.received.contains(b)).unzip();
         let mut out = Vec::new();
         let mut relied = Vec::new();
         {
             let cat = self.catalog();
-            for id in ids {
-                let blob = BlobRef::chunk(id);
-                let have = self.received.contains(&blob)
-                    || ({
-                        let st = self.state(&cat, &blob)?;
-                        st.owned && !st.damaged
-                    } && {
-                        // Never let an agent deduplicate against a file that is
-                        // gone (F7, F15): forget it and ask for it again.
-                        let present = self.backend.store.present(&blob)?;
-                        if !present {
-                            warn!(blob = %blob.hex(), "recorded chunk is missing from the store; asking for it again");
-                            cat.forget_blob(&blob)?;
-                        } else {
-                            relied.push(blob);
-                        }
-                        present
-                    });
+            let states = cat.blob_states(self.agent_id, &asked)?;
+            for ((id, blob), st) in ids.into_iter().zip(asked).zip(states) {
+                let have = st.owned && !st.damaged && {
+                    // Never let an agent deduplicate against a file that is
+                    // gone (F7, F15): forget it and ask for it again.
+                    let present = self.backend.store.present(&blob)?;
+                    if !present {
+                        warn!(blob = %blob.hex(), "recorded chunk is missing from the store; asking for it again");
+                        cat.forget_blob(&blob)?;
+                    } else {
+                        relied.push(blob);
+                    }
+                    present
+                };
                 if !have {
-                    out.push(*id);
+                    out.push(id);
                 }
             }
         }

@@ -45,7 +45,7 @@ use crate::hooks::{self, Hook};
 use crate::metrics::AgentMetrics;
 use crate::snapshot::{self, Cancelled, Options, Outcome};
 use crate::standby::StandbyEvent;
-use crate::status::{DatasetStatus, StandbyStatus, StatusFile};
+use crate::status::{DatasetStatus, LastCommit, StandbyStatus, StatusFile};
 use crate::throttle::Throttle;
 use crate::watch::{self, DatasetWatcher, WatchEvent};
 use crate::{enroll, systemd};
@@ -275,6 +275,20 @@ fn spawn_signal_thread(tx: Sender<Msg>) -> Result<()> {
 }
 
 impl Daemon {
+    /// Takes the dataset's newest recorded commit ([`LastCommit`]) when it
+    /// is newer than what `status` knows, into the status and the metrics.
+    fn merge_last_commit(metrics: &AgentMetrics, cache_dir: &Path, name: &str, status: &mut DatasetStatus) {
+        match LastCommit::load(&LastCommit::path(cache_dir, name)) {
+            Ok(Some(c)) => {
+                if status.merge_commit(&c) {
+                    metrics.commit_seen(name, c.committed_at, c.data_time.saturating_mul(1_000_000_000));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!(dataset = %name, error = %e, "cannot read the record of the newest snapshot"),
+        }
+    }
+
     /// (Re)creates the per-dataset state from the settings, keeping what is
     /// known of datasets that stay.
     fn install_datasets(&mut self, mut previous: Vec<DatasetStatus>) {
@@ -289,6 +303,16 @@ impl Daemon {
                 .map(|k| k.status.clone())
                 .or_else(|| previous.iter().position(|s| s.name == name).map(|i| previous.swap_remove(i)));
             let mut st = DsState::new(ds, status);
+            if let Some(t) = st.status.data_time {
+                // Known from the previous run's status file: the lag metric
+                // is there from the start, not only after the next snapshot.
+                self.metrics.commit_seen(
+                    &name,
+                    st.status.last_success_at.unwrap_or(t),
+                    t.saturating_mul(1_000_000_000),
+                );
+            }
+            Self::merge_last_commit(&self.metrics, &self.settings.cache_dir(), &name, &mut st.status);
             if let Some(k) = kept {
                 // Same dataset: keep its pending changes and run state.
                 st.dirty = k.dirty;
@@ -689,7 +713,14 @@ impl Daemon {
     /// Writes the status file, the metrics and systemd's status line.
     fn publish(&mut self) {
         let now = OffsetDateTime::now_utc();
+        let cache_dir = self.settings.cache_dir();
         for (name, st) in &mut self.datasets {
+            // A snapshot taken by hand meanwhile. Not while the service's
+            // own snapshot of the dataset runs: that one updates the
+            // status when it finishes.
+            if !st.running {
+                Self::merge_last_commit(&self.metrics, &cache_dir, name, &mut st.status);
+            }
             st.status.pending_changes = st.dirty.len() as u64;
             st.status.next_run = match (st.running, st.retry_at, st.next_scheduled) {
                 (true, _, _) => None,

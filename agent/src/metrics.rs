@@ -215,8 +215,14 @@ impl AgentMetrics {
         }
     }
 
-    /// Sets the data timestamp without a snapshot, e.g. at startup from the
-    /// newest snapshot the controller holds.
+    /// Records a snapshot this process did not take (by hand, or before it
+    /// started): its commit and data timestamps, not the counters.
+    pub fn commit_seen(&self, dataset: &str, committed_at: i64, data_time_ns: i64) {
+        self.last_success.with_label_values(&[dataset]).set(committed_at as f64);
+        self.set_data_time(dataset, data_time_ns);
+    }
+
+    /// Sets the data timestamp without a snapshot.
     pub fn set_data_time(&self, dataset: &str, data_time_ns: i64) {
         let secs = data_time_ns as f64 / 1e9;
         self.data_timestamp.with_label_values(&[dataset]).set(secs);

@@ -29,6 +29,7 @@ use crate::cache::{PackReader, PackWriter};
 use crate::config::{Dataset, Settings};
 use crate::conn::{Conn, ConnError};
 use crate::scan::{self, Progress, ScanError, ScanParams};
+use crate::status::LastCommit;
 use crate::upload;
 
 /// What one snapshot did.
@@ -243,6 +244,15 @@ fn once(
     conn.close();
     if id != local_id {
         anyhow::bail!("the controller committed snapshot {id} but this agent computed {local_id}");
+    }
+    let commit = LastCommit {
+        snapshot: id.to_hex(),
+        committed_at: now_ns() / 1_000_000_000,
+        data_time: started_ns / 1_000_000_000,
+    };
+    if let Err(e) = commit.write_atomic(&LastCommit::path(&settings.cache_dir(), ds.name.as_str())) {
+        // Only the service's status and lag figures miss it until the next snapshot.
+        warn!(error = %e, "could not record the committed snapshot for the agent's status");
     }
     if let Err(e) = out.pack.install(&id, &pack_path) {
         // The snapshot is safe at the controller; only the next one is slower.

@@ -89,29 +89,7 @@ impl StatusFile {
     /// Replaces the file at `path` atomically (temp file, fsync, rename):
     /// a reader never sees half a file, a crash leaves the old one.
     pub fn write_atomic(&self, path: &Path) -> Result<(), StatusError> {
-        fn io(op: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> StatusError {
-            let path = p.to_owned();
-            move |source| StatusError::Io { op, path, source }
-        }
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let json = serde_json::to_vec_pretty(self).expect("status serializes");
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-            f.write_all(&json).map_err(io("writing", &tmp))?;
-            f.sync_all().map_err(io("syncing", &tmp))?;
-            std::fs::rename(&tmp, path).map_err(io("renaming to", path))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
-        // The rename itself must survive a crash too.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        write_json_atomic(path, &serde_json::to_vec_pretty(self).expect("status serializes"))
     }
 
     pub fn load(path: &Path) -> Result<StatusFile, StatusError> {
@@ -119,6 +97,91 @@ impl StatusFile {
             std::fs::read(path).map_err(|source| StatusError::Io { op: "reading", path: path.into(), source })?;
         serde_json::from_slice(&bytes).map_err(|source| StatusError::Format { path: path.into(), source })
     }
+}
+
+/// The newest snapshot committed for one dataset, written next to its
+/// change cache by whatever committed it: the service, or `pulih-agent
+/// snapshot` run by hand while the service was stopped or busy with other
+/// datasets. The service reads it when it starts and on every status
+/// refresh, so a snapshot it did not take still counts for the dataset's
+/// status and lag metrics (otherwise a first snapshot taken by hand before
+/// `systemctl enable --now` left the status at "no snapshot" and the lag
+/// alert firing until the first scheduled run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastCommit {
+    /// Snapshot id (hex).
+    pub snapshot: String,
+    /// Unix seconds of the commit.
+    pub committed_at: i64,
+    /// Unix seconds at which the snapshot started: how old its data is.
+    pub data_time: i64,
+}
+
+impl LastCommit {
+    /// `<cache_dir>/<dataset>.last.json`.
+    pub fn path(cache_dir: &Path, dataset: &str) -> PathBuf {
+        cache_dir.join(format!("{dataset}.last.json"))
+    }
+
+    pub fn write_atomic(&self, path: &Path) -> Result<(), StatusError> {
+        write_json_atomic(path, &serde_json::to_vec_pretty(self).expect("commit record serializes"))
+    }
+
+    /// `Ok(None)` when no snapshot was recorded yet.
+    pub fn load(path: &Path) -> Result<Option<LastCommit>, StatusError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StatusError::Io { op: "reading", path: path.into(), source }),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|source| StatusError::Format { path: path.into(), source })
+    }
+}
+
+impl DatasetStatus {
+    /// Takes a commit recorded by someone else unless this status already
+    /// knows it or a snapshot of newer data. Returns whether it did.
+    /// Snapshots of one dataset never overlap (a lock), and every commit
+    /// rewrites the record, so a different snapshot whose data is not
+    /// older is the newer one (times are whole seconds: two snapshots can
+    /// start in the same one).
+    pub fn merge_commit(&mut self, c: &LastCommit) -> bool {
+        if self.last_snapshot.as_deref() == Some(c.snapshot.as_str()) || self.data_time.is_some_and(|t| t > c.data_time)
+        {
+            return false;
+        }
+        self.last_snapshot = Some(c.snapshot.clone());
+        self.last_success_at = Some(c.committed_at);
+        self.data_time = Some(c.data_time);
+        true
+    }
+}
+
+/// Replaces the file at `path` atomically (temp file, fsync, rename): a
+/// reader never sees half a file, a crash leaves the old one.
+fn write_json_atomic(path: &Path, json: &[u8]) -> Result<(), StatusError> {
+    fn io(op: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> StatusError {
+        let path = p.to_owned();
+        move |source| StatusError::Io { op, path, source }
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+        f.write_all(json).map_err(io("writing", &tmp))?;
+        f.sync_all().map_err(io("syncing", &tmp))?;
+        std::fs::rename(&tmp, path).map_err(io("renaming to", path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    // The rename itself must survive a crash too.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// Whether a process with this pid exists (EPERM: it exists, as another user).
@@ -526,5 +589,27 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         assert!(!pid_alive(pid));
+    }
+
+    #[test]
+    fn a_commit_recorded_elsewhere_is_taken_when_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = LastCommit::path(dir.path(), "db");
+        assert_eq!(LastCommit::load(&path).unwrap(), None);
+        let c = LastCommit { snapshot: "aa".into(), committed_at: 100, data_time: 90 };
+        c.write_atomic(&path).unwrap();
+        assert_eq!(LastCommit::load(&path).unwrap(), Some(c.clone()));
+        let mut st = DatasetStatus::default();
+        assert!(st.merge_commit(&c));
+        assert_eq!((st.last_snapshot.as_deref(), st.last_success_at, st.data_time), (Some("aa"), Some(100), Some(90)));
+        assert!(!st.merge_commit(&c), "already known");
+        // A second snapshot started in the same second is still newer.
+        let same_second = LastCommit { snapshot: "bb".into(), committed_at: 100, data_time: 90 };
+        assert!(st.merge_commit(&same_second));
+        // Older data never replaces newer.
+        assert!(!st.merge_commit(&LastCommit { snapshot: "cc".into(), committed_at: 50, data_time: 40 }));
+        assert_eq!(st.last_snapshot.as_deref(), Some("bb"));
+        std::fs::write(&path, b"{").unwrap();
+        assert!(LastCommit::load(&path).unwrap_err().to_string().contains("db.last.json"));
     }
 }

@@ -307,3 +307,33 @@ fn check_explains_problems() {
     let id = String::from_utf8_lossy(&run(&mut a.cmd(&["check", "--lang", "id"])).stdout).into_owned();
     assert!(id.contains("tidak dapat dihubungi"), "{id}");
 }
+
+#[test]
+fn snapshots_taken_by_hand_count_in_the_service_status_and_metrics() {
+    let base = tempfile::tempdir().unwrap();
+    let c = Controller::start(base.path());
+    let a = c.enroll(base.path(), "byhand");
+    let src = base.path().join("data");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), bytes(3, 5_000)).unwrap();
+    // Neither scheduled nor continuous: only snapshots taken by hand.
+    a.add_dataset_with("db", &[&src], "rpo_target = \"1h\"");
+    let port = free_port();
+    a.append_config(&daemon_settings(port));
+    // The sysadmin's first snapshot, before the service is enabled.
+    let first = a.snapshot();
+    let mut d = a.start_daemon();
+    // Empty until the service wrote its first status file.
+    let status = || String::from_utf8_lossy(&run(&mut a.cmd(&["status", "--lang", "en"])).stdout).into_owned();
+    assert!(wait_until(WAIT, || status().contains(&first.id)), "first snapshot in the status: {}", status());
+    assert!(!status().contains("none yet"), "{}", status());
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let lag = "pulih_agent_replication_lag_seconds{dataset=\"db\"}";
+    assert!(wait_until(WAIT, || http_get(addr, "/metrics").1.contains(lag)), "lag metric; log:\n{}", d.log());
+    // Another one by hand while the service runs: seen at its next refresh.
+    fs::write(src.join("b"), bytes(4, 5_000)).unwrap();
+    let second = a.snapshot();
+    assert_ne!(first.id, second.id);
+    assert!(wait_until(WAIT, || status().contains(&second.id)), "second snapshot in the status: {}", status());
+    assert!(d.exited().is_none(), "log:\n{}", d.log());
+}

@@ -127,16 +127,10 @@ pub struct VerifiedTree {
 /// stages it. Kept apart from [`UploadSession`] so the server can run it on
 /// a thread of its own, ahead of staging: for small blobs, staging (a
 /// catalog query and a file each) and verifying took one core together.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Verifier {
     /// One zstd context for every blob of the session.
     dec: Decompressor,
-}
-
-impl Default for Verifier {
-    fn default() -> Self {
-        Self { dec: Decompressor::new() }
-    }
 }
 
 impl Verifier {

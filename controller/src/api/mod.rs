@@ -57,6 +57,10 @@ const DRAIN_LIMIT: usize = 1024 * 1024;
 const MAX_CONNECTIONS: usize = 256;
 /// Seconds a TLS handshake or a request's headers may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Seconds a request's body may take (64 KiB at most: 2 KiB/s). A client
+/// trickling a body would otherwise hold a connection slot as long as it
+/// liked.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The OpenAPI document, kept in the repository and served as is.
 pub const OPENAPI: &str = include_str!("../../../docs/api/openapi.json");
 
@@ -303,17 +307,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let mut body = req.into_body();
         let mut buf = Vec::new();
         let mut seen = 0usize;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                seen += data.len();
-                if seen <= MAX_BODY {
-                    buf.extend_from_slice(&data);
-                } else if seen > DRAIN_LIMIT {
-                    break;
+        let read = async {
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+                if let Ok(data) = frame.into_data() {
+                    seen += data.len();
+                    if seen <= MAX_BODY {
+                        buf.extend_from_slice(&data);
+                    } else if seen > DRAIN_LIMIT {
+                        break;
+                    }
                 }
             }
-        }
+            Ok::<(), ApiError>(())
+        };
+        tokio::time::timeout(BODY_TIMEOUT, read).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("request body not received within {} s", BODY_TIMEOUT.as_secs()),
+            )
+        })??;
         if seen > MAX_BODY {
             return Err(too_large());
         }
@@ -626,6 +640,23 @@ mod tests {
         in_doc.sort();
         in_router.sort();
         assert_eq!(in_doc, in_router);
+    }
+
+    /// A body trickled (here: stalled) past the deadline is answered 408
+    /// and frees the connection.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_request_body_times_out_with_408() {
+        use http_body_util::channel::Channel;
+        let (mut tx, body) = Channel::<axum::body::Bytes>::new(1);
+        tx.send_data(axum::body::Bytes::from_static(b"{\"na")).await.unwrap();
+        let req = Request::post("/x").header(header::CONTENT_LENGTH, "100").body(Body::new(body)).unwrap();
+        let err = match ApiJson::<serde_json::Value>::from_request(req, &()).await {
+            Err(e) => e,
+            Ok(_) => panic!("a stalled body was accepted"),
+        };
+        assert_eq!(err.status, StatusCode::REQUEST_TIMEOUT);
+        assert!(err.message.contains("30 s"), "{}", err.message);
+        drop(tx);
     }
 
     #[tokio::test]

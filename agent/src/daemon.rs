@@ -275,17 +275,25 @@ fn spawn_signal_thread(tx: Sender<Msg>) -> Result<()> {
 }
 
 impl Daemon {
-    /// Takes the dataset's newest recorded commit ([`LastCommit`]) when it
-    /// is newer than what `status` knows, into the status and the metrics.
-    fn merge_last_commit(metrics: &AgentMetrics, cache_dir: &Path, name: &str, status: &mut DatasetStatus) {
+    /// Takes the dataset's newest recorded commit ([`LastCommit`]) into
+    /// `status` when it is newer than what `status` knows; returns whether
+    /// it did.
+    fn merge_last_commit(cache_dir: &Path, name: &str, status: &mut DatasetStatus) -> bool {
         match LastCommit::load(&LastCommit::path(cache_dir, name)) {
-            Ok(Some(c)) => {
-                if status.merge_commit(&c) {
-                    metrics.commit_seen(name, c.committed_at, c.data_time.saturating_mul(1_000_000_000));
-                }
+            Ok(Some(c)) => status.merge_commit(&c),
+            Ok(None) => false,
+            Err(e) => {
+                warn!(dataset = %name, error = %e, "cannot read the record of the newest snapshot");
+                false
             }
-            Ok(None) => {}
-            Err(e) => warn!(dataset = %name, error = %e, "cannot read the record of the newest snapshot"),
+        }
+    }
+
+    /// Puts a snapshot the status knows of, but this process did not take,
+    /// into the metrics.
+    fn publish_known_commit(metrics: &AgentMetrics, name: &str, status: &DatasetStatus) {
+        if let Some(t) = status.data_time {
+            metrics.commit_seen(name, status.last_success_at.unwrap_or(t), t.saturating_mul(1_000_000_000));
         }
     }
 
@@ -303,16 +311,11 @@ impl Daemon {
                 .map(|k| k.status.clone())
                 .or_else(|| previous.iter().position(|s| s.name == name).map(|i| previous.swap_remove(i)));
             let mut st = DsState::new(ds, status);
-            if let Some(t) = st.status.data_time {
-                // Known from the previous run's status file: the lag metric
-                // is there from the start, not only after the next snapshot.
-                self.metrics.commit_seen(
-                    &name,
-                    st.status.last_success_at.unwrap_or(t),
-                    t.saturating_mul(1_000_000_000),
-                );
-            }
-            Self::merge_last_commit(&self.metrics, &self.settings.cache_dir(), &name, &mut st.status);
+            // From the previous run's status file or a snapshot taken by
+            // hand: the lag metric is there from the start, not only after
+            // the next snapshot.
+            Self::merge_last_commit(&self.settings.cache_dir(), &name, &mut st.status);
+            Self::publish_known_commit(&self.metrics, &name, &st.status);
             if let Some(k) = kept {
                 // Same dataset: keep its pending changes and run state.
                 st.dirty = k.dirty;
@@ -718,8 +721,8 @@ impl Daemon {
             // A snapshot taken by hand meanwhile. Not while the service's
             // own snapshot of the dataset runs: that one updates the
             // status when it finishes.
-            if !st.running {
-                Self::merge_last_commit(&self.metrics, &cache_dir, name, &mut st.status);
+            if !st.running && Self::merge_last_commit(&cache_dir, name, &mut st.status) {
+                Self::publish_known_commit(&self.metrics, name, &st.status);
             }
             st.status.pending_changes = st.dirty.len() as u64;
             st.status.next_run = match (st.running, st.retry_at, st.next_scheduled) {

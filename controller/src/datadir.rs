@@ -68,6 +68,7 @@ impl DataDir {
         std::fs::write(self.config_path(), &cfg)?;
         // The first configuration is the baseline `serve` compares with.
         cat.note_config(&crate::catalog::actor_local(), &blake3::hash(cfg.as_bytes()).to_hex(), "controller.toml")?;
+        crate::witness::record_catalog(&cat, &self.store_path())?;
         Ok(())
     }
 

@@ -34,3 +34,4 @@ pub mod store;
 pub mod systems;
 pub mod units;
 pub mod verify;
+pub mod witness;

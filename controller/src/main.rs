@@ -16,7 +16,7 @@ use pulih_controller::metrics::Metrics;
 use pulih_controller::pki::Ca;
 use pulih_controller::server::{self, Limits, Server};
 use pulih_controller::verify::Verifier;
-use pulih_controller::{drill, failover, lifecycle, pki, rebuild, restore, scrub, systems};
+use pulih_controller::{drill, failover, lifecycle, pki, rebuild, restore, scrub, systems, witness};
 use pulih_core::out;
 use pulih_core::{AgentName, TreeId};
 use tokio_util::sync::CancellationToken;
@@ -288,6 +288,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Accept a catalog.db older than the data directory (restored from a
+    /// copy) after `serve` refused it; recorded in the audit log.
+    AcceptCatalog {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Why the older catalog is accepted (kept in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
     /// Write man pages or shell completions into DIR (deploy/install.sh runs it).
     #[command(hide = true)]
     Generate { kind: pulih_core::clidoc::DocKind, dir: PathBuf },
@@ -534,7 +543,14 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             )? {
                 tracing::info!(path = %dd.config_path().display(), "configuration changed since the last start (audited)");
             }
+            // F18: refuse a catalog.db older than the data directory.
+            if witness::check(&catalog, &dd.store_path())? == witness::Checked::NoWitness {
+                tracing::info!("no catalog witness yet: recording one (detects a catalog restored from an older copy)");
+            }
+            let head = witness::record_catalog(&catalog, &dd.store_path())?;
             let backend = server::open_backend(store, catalog, cfg.limits.checkpoint_mib * 1024 * 1024);
+            *backend.witnessed.lock().unwrap_or_else(|e| e.into_inner()) = head.snapshot_commits;
+            let witness_backend = backend.clone();
             let ca = Ca::load(&dd.pki())?;
             let (chain, key) = pki::load_server(&dd.pki())?;
             let api_tls = Arc::new(api::tls_config(chain.clone(), key.clone_key())?);
@@ -634,6 +650,12 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let _ = maintenance.join();
             // Waits for blocking tasks (a scrub started over the API) to end.
             drop(rt);
+            // The witness also covers what was audited since the last commit.
+            let head = witness_backend.catalog.lock().unwrap_or_else(|e| e.into_inner()).head();
+            match head {
+                Ok(h) => witness_backend.witness(&h),
+                Err(e) => tracing::warn!(error = %e, "cannot read the catalog head for its witness"),
+            }
             served?;
         }
         Cmd::EnrollAgent { name, dir, json } => {
@@ -978,12 +1000,35 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 }
             }
         }
+        Cmd::AcceptCatalog { dir, reason } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let _lock = dd.lock_for_serving().context("stop `pulih-controller serve` first")?;
+            let mut cat = dd.catalog()?;
+            let store = dd.store_path();
+            match witness::check(&cat, &store) {
+                Ok(_) => out!("catalog.db is not older than this data directory: nothing to accept"),
+                Err(witness::WitnessError::RolledBack { why }) => {
+                    let detail = serde_json::json!({
+                        "reason": reason, "found": why, "state": witness::describe(&cat, &store)?,
+                    });
+                    let entry = NewAudit::new(&actor_local(), "accept-catalog", "catalog", detail);
+                    cat.audit::<(), String>(&entry, &Ok(()))?;
+                    witness::record_catalog(&cat, &store)?;
+                    out!("Accepted the older catalog.db ({why}); recorded in the audit log.");
+                    out!("Snapshots recorded after its copy are gone from the catalog; agents upload again what it lacks.");
+                    out!("Next: pulih-controller serve --data-dir {}", dd.root.display());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Cmd::RebuildCatalog { dir, force, json } => {
             let dd = DataDir::new(&dir.data_dir);
             let report = rebuild::rebuild(&dd, force);
             // The new catalog's first audit row says where it came from.
             audit_local(&dd, "rebuild-catalog", "catalog", serde_json::json!({ "force": force }), &report);
             let report = report?;
+            // The rebuilt catalog is the data directory's catalog from now on.
+            witness::record_catalog(&dd.catalog()?, &dd.store_path())?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&report)?);
             } else {

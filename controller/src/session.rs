@@ -74,6 +74,25 @@ pub struct Backend {
     pub catalog: Mutex<Catalog>,
     /// Checkpoint after this many bytes written since the last one.
     pub checkpoint_bytes: u64,
+    /// Snapshot commits last written to the catalog witness; sessions
+    /// committing at once never move it backwards (crate::witness).
+    pub witnessed: Mutex<u64>,
+}
+
+impl Backend {
+    /// Writes `head` as the catalog witness unless a newer one was written
+    /// (F18). A failure is logged: the snapshot is committed either way,
+    /// and the witness then only lags.
+    pub fn witness(&self, head: &crate::catalog::CatalogHead) {
+        let mut last = self.witnessed.lock().unwrap_or_else(|e| e.into_inner());
+        if head.snapshot_commits < *last {
+            return;
+        }
+        match crate::witness::record(self.store.root(), head) {
+            Ok(()) => *last = head.snapshot_commits,
+            Err(e) => warn!(error = %e, "cannot update the catalog witness (rollback detection lags)"),
+        }
+    }
 }
 
 /// Blobs staged since the last checkpoint, and what a checkpoint records.
@@ -498,6 +517,12 @@ impl UploadSession {
             }
             Catalog::insert_snapshot(&tx, self.agent_id, &id, &record, &encoded, self.stored_new)?;
             tx.commit().map_err(CatalogError::from)?;
+            let head = cat.head();
+            drop(cat);
+            match head {
+                Ok(head) => self.backend.witness(&head),
+                Err(e) => warn!(error = %e, "cannot read the catalog head for its witness"),
+            }
         }
         self.first_touch = None;
         info!(agent = %self.agent, dataset = %record.dataset, snapshot = %id.short(), files = record.stats.files, stored_new = self.stored_new, "snapshot committed");

@@ -498,14 +498,16 @@ fn f22_scheduled_scrub_inside_serve_finds_damage() {
 }
 
 /// F18: `catalog.db` replaced by an older copy while the controller was
-/// stopped. Pulih does not detect this (SECURITY.md says so); what it
-/// guarantees is that the rollback loses nothing but the snapshots made
-/// after the copy: the store and the old catalog still verify, the agent's
-/// next snapshot (whose change cache names blobs the old catalog does not
-/// know) is refused at commit, retried without the cache, and restores
-/// identical to the source.
+/// stopped. The controller was killed right after the later snapshot, so
+/// only the witness written at commit knows of it: `serve` refuses the
+/// older catalog with an actionable message until an operator accepts it
+/// on the record (`accept-catalog`, audited). Accepting loses nothing but
+/// the snapshots made after the copy: the store and the old catalog still
+/// verify, the agent's next snapshot (whose change cache names blobs the
+/// old catalog does not know) is refused at commit, retried without the
+/// cache, and restores identical to the source.
 #[test]
-fn f18_catalog_rolled_back_to_an_older_copy_recovers_on_the_next_snapshot() {
+fn f18_catalog_rolled_back_to_an_older_copy_is_refused_until_accepted_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     let mut ctl = Controller::start(tmp.path());
@@ -526,12 +528,26 @@ fn f18_catalog_rolled_back_to_an_older_copy_recovers_on_the_next_snapshot() {
     mutate(&src, 1);
     let lost = web.snapshot().id;
 
-    assert!(ctl.stop());
+    ctl.kill();
     remove_catalog(&ctl.dir);
     for e in fs::read_dir(&old).unwrap() {
         let e = e.unwrap();
         fs::copy(e.path(), ctl.dir.join(e.file_name())).unwrap();
     }
+    let refused = run(&mut ctl.cmd(&["serve"]));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "serve must refuse an older catalog: {err}");
+    assert!(err.contains("older than this data directory") && err.contains("snapshot commit"), "{err}");
+    assert!(err.contains("accept-catalog"), "the message says what to do: {err}");
+    // Still refused on a second try: nothing was changed by the refusal.
+    assert!(!run(&mut ctl.cmd(&["serve"])).status.success());
+    // An explicit decision, with a reason, in the audit log.
+    let accepted = ok(&mut ctl.cmd(&["accept-catalog", "--reason", "newest catalog lost with the disk"]));
+    assert!(accepted.contains("Accepted"), "{accepted}");
+    assert!(ok(&mut ctl.cmd(&["accept-catalog", "--reason", "again"])).contains("nothing to accept"));
+    let rows = json(&ok(&mut ctl.cmd(&["audit", "list", "--limit", "1000", "--json"])));
+    let row = rows.as_array().unwrap().iter().find(|r| r["action"] == "accept-catalog").expect("audited");
+    assert!(row["detail"].as_str().unwrap().contains("newest catalog lost with the disk"), "{row}");
     ctl.serve();
     let ids: Vec<String> = ctl.snapshots().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ids, [first], "the old catalog lists what it listed when copied (not {lost})");

@@ -29,6 +29,29 @@ pub const AUDIT_GENESIS: &str = "00000000000000000000000000000000000000000000000
 const DOMAIN: &[u8] = b"pulih-audit-v1";
 const META_SEQ: &str = "audit_head_seq";
 const META_HASH: &str = "audit_head_hash";
+/// How many snapshot commits this catalog has recorded (never decreases;
+/// forgetting a snapshot does not lower it). Read by `crate::witness`.
+const META_COMMITS: &str = "snapshot_commits";
+
+/// How far a catalog has got: its count of snapshot commits and the head of
+/// its audit chain. A newer catalog is ahead of an older copy of itself in
+/// both (F18, see `crate::witness`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogHead {
+    pub snapshot_commits: u64,
+    pub audit_seq: i64,
+    pub audit_hash: String,
+}
+
+/// Counts one snapshot commit, in the caller's transaction.
+pub(super) fn count_commit(conn: &Connection) -> Result<(), CatalogError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, '1')
+         ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+        [META_COMMITS],
+    )?;
+    Ok(())
+}
 
 /// An action to record.
 #[derive(Debug, Clone)]
@@ -309,6 +332,26 @@ impl Catalog {
             ));
         }
         Ok(AuditVerify { ok: true, rows, head_seq, first_bad_seq: None, problem: None })
+    }
+
+    /// The catalog's head, read in one statement (so consistently).
+    pub fn head(&self) -> Result<CatalogHead, CatalogError> {
+        let (commits, seq, hash): (Option<String>, Option<String>, Option<String>) = self.conn.query_row(
+            "SELECT (SELECT value FROM meta WHERE key = ?1), (SELECT value FROM meta WHERE key = ?2),
+                    (SELECT value FROM meta WHERE key = ?3)",
+            [META_COMMITS, META_SEQ, META_HASH],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        Ok(CatalogHead {
+            snapshot_commits: commits.and_then(|v| v.parse().ok()).unwrap_or(0),
+            audit_seq: seq.and_then(|v| v.parse().ok()).unwrap_or(0),
+            audit_hash: hash.unwrap_or_else(|| AUDIT_GENESIS.to_owned()),
+        })
+    }
+
+    /// The recorded hash of audit row `seq`, if the row exists.
+    pub fn audit_hash_at(&self, seq: i64) -> Result<Option<String>, CatalogError> {
+        Ok(self.conn.query_row("SELECT hash FROM audit_log WHERE seq = ?1", [seq], |r| r.get(0)).optional()?)
     }
 
     /// A value of the `meta` table.

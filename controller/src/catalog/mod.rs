@@ -36,7 +36,7 @@ mod reports;
 mod schema;
 mod standby;
 mod tokens;
-pub use audit::{actor_local, AuditRow, AuditVerify, NewAudit, AUDIT_GENESIS};
+pub use audit::{actor_local, AuditRow, AuditVerify, CatalogHead, NewAudit, AUDIT_GENESIS};
 pub use blobstate::BlobState;
 pub use drills::{DrillRow, DrillStepRow, DrillSystemRow, SnapshotUsed};
 pub use drp::{DrpVersionRow, LatestSnapshot, NewDrpVersion};
@@ -403,7 +403,7 @@ impl Catalog {
             |r| r.get(0),
         )?;
         let s = &record.stats;
-        tx.execute(
+        let inserted = tx.execute(
             "INSERT OR IGNORE INTO snapshots (id, agent_id, dataset_id, host, started_ns, finished_ns, root_tree, parent,
                 files, bytes, bytes_read, bytes_sent, bytes_new, errors, committed_at, record)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
@@ -426,6 +426,9 @@ impl Catalog {
                 encoded,
             ],
         )?;
+        if inserted > 0 {
+            audit::count_commit(tx)?;
+        }
         Ok(())
     }
 

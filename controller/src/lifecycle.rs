@@ -39,9 +39,19 @@ pub struct PruneOutcome {
     pub gc: Option<GcReport>,
 }
 
+/// The catalog, for a command that changes the catalog or the store:
+/// refused like `serve` refuses it when it is older than the data
+/// directory (F18), so a GC or prune working from an older copy cannot
+/// delete what the newest catalog still needs.
+fn catalog_to_change(dd: &DataDir) -> Result<Catalog> {
+    let cat = dd.catalog()?;
+    crate::witness::check(&cat, &dd.store_path())?;
+    Ok(cat)
+}
+
 /// Forgets snapshots given by full id or unique prefix (not `latest`).
 pub fn forget(dd: &DataDir, specs: &[String]) -> Result<Vec<SnapshotRow>> {
-    let mut cat = dd.catalog()?;
+    let mut cat = catalog_to_change(dd)?;
     let mut ids = Vec::new();
     for s in specs {
         if s == "latest" {
@@ -62,7 +72,7 @@ pub fn prune(
     run_gc: bool,
 ) -> Result<PruneOutcome> {
     let cfg = dd.config()?;
-    let mut cat = dd.catalog()?;
+    let mut cat = if dry_run { dd.catalog()? } else { catalog_to_change(dd)? };
     let datasets = retention::plan_all(&cat, &cfg.retention, cfg.utc_offset(), pulih_core::now_ns(), agent, dataset)?;
     let removed = retention::removals(&datasets);
     if !dry_run {
@@ -84,7 +94,7 @@ pub fn collect(dd: &DataDir, grace_secs: Option<i64>, dry_run: bool) -> Result<G
     let grace_secs = grace_secs.unwrap_or_else(|| cfg.gc_grace_secs());
     let _lock = dd.lock_for_gc()?;
     let store = dd.store()?;
-    let mut cat = dd.catalog().context("garbage collection did not start (nothing changed)")?;
+    let mut cat = catalog_to_change(dd).context("garbage collection did not start (nothing changed)")?;
     gc::collect(&store, &mut cat, &GcOptions { grace_secs, dry_run }).map_err(|e| {
         if e.is_disk_full() {
             anyhow::anyhow!(
@@ -99,7 +109,7 @@ pub fn collect(dd: &DataDir, grace_secs: Option<i64>, dry_run: bool) -> Result<G
 /// Scrubs every blob at most `rate` bytes per second (`None`: unlimited).
 pub fn scrub(dd: &DataDir, rate: Option<u64>) -> Result<ScrubReport> {
     let store = dd.store()?;
-    let mut cat = dd.catalog()?;
+    let mut cat = catalog_to_change(dd)?;
     Ok(scrub::scrub(&store, &mut cat, rate, &|| false)?)
 }
 

@@ -535,6 +535,16 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 tracing::info!(files = removed, "removed leftovers of interrupted uploads");
             }
             let mut catalog = dd.catalog()?;
+            // F18: refuse a catalog.db older than the data directory, before
+            // anything is written to it.
+            witness::remove_leftovers(&dd.store_path());
+            let witness_missing = witness::check(&catalog, &dd.store_path())? == witness::Checked::NoWitness;
+            if witness_missing {
+                // init writes one: this is an upgrade, or the file was removed.
+                tracing::warn!("no catalog witness in the store: recording one (audited); an older catalog.db put back before now cannot be detected");
+                let entry = NewAudit::new(&actor_local(), "witness-created", "catalog", serde_json::json!({}));
+                catalog.audit::<(), String>(&entry, &Ok(()))?;
+            }
             let cfg_bytes = std::fs::read(dd.config_path())?;
             if catalog.note_config(
                 &actor_local(),
@@ -543,13 +553,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             )? {
                 tracing::info!(path = %dd.config_path().display(), "configuration changed since the last start (audited)");
             }
-            // F18: refuse a catalog.db older than the data directory.
-            if witness::check(&catalog, &dd.store_path())? == witness::Checked::NoWitness {
-                tracing::info!("no catalog witness yet: recording one (detects a catalog restored from an older copy)");
-            }
             let head = witness::record_catalog(&catalog, &dd.store_path())?;
             let backend = server::open_backend(store, catalog, cfg.limits.checkpoint_mib * 1024 * 1024);
-            *backend.witnessed.lock().unwrap_or_else(|e| e.into_inner()) = head.snapshot_commits;
+            *backend.witnessed.lock().unwrap_or_else(|e| e.into_inner()) = (head.snapshot_commits, head.audit_seq);
             let witness_backend = backend.clone();
             let ca = Ca::load(&dd.pki())?;
             let (chain, key) = pki::load_server(&dd.pki())?;
@@ -1007,7 +1013,11 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let store = dd.store_path();
             match witness::check(&cat, &store) {
                 Ok(_) => out!("catalog.db is not older than this data directory: nothing to accept"),
-                Err(witness::WitnessError::RolledBack { why }) => {
+                Err(e @ (witness::WitnessError::RolledBack { .. } | witness::WitnessError::Invalid { .. })) => {
+                    let why = match e {
+                        witness::WitnessError::RolledBack { why } => why,
+                        other => other.to_string(),
+                    };
                     let detail = serde_json::json!({
                         "reason": reason, "found": why, "state": witness::describe(&cat, &store)?,
                     });
@@ -1027,8 +1037,6 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             // The new catalog's first audit row says where it came from.
             audit_local(&dd, "rebuild-catalog", "catalog", serde_json::json!({ "force": force }), &report);
             let report = report?;
-            // The rebuilt catalog is the data directory's catalog from now on.
-            witness::record_catalog(&dd.catalog()?, &dd.store_path())?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&report)?);
             } else {

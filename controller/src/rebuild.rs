@@ -103,6 +103,9 @@ pub fn rebuild(dd: &DataDir, force: bool) -> Result<RebuildReport> {
     restore_owners(&store, &mut cat, &snaps, &mut report)?;
     cat.restore_agent_states()?;
     report.agents = cat.agents()?.len() as u64;
+    // The rebuilt catalog is the data directory's catalog from now on;
+    // written while `serve` is still locked out (F18).
+    crate::witness::record_catalog(&cat, &dd.store_path())?;
     Ok(report)
 }
 

@@ -675,7 +675,7 @@ pub fn token_hash(token: &str) -> String {
 
 /// Opens the backend of a data directory.
 pub fn open_backend(store: crate::store::Store, catalog: Catalog, checkpoint_bytes: u64) -> Arc<Backend> {
-    Arc::new(Backend { store, catalog: Mutex::new(catalog), checkpoint_bytes, witnessed: Mutex::new(0) })
+    Arc::new(Backend { store, catalog: Mutex::new(catalog), checkpoint_bytes, witnessed: Mutex::new((0, 0)) })
 }
 
 /// Binds the listen address with a clear error.

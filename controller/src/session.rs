@@ -74,9 +74,9 @@ pub struct Backend {
     pub catalog: Mutex<Catalog>,
     /// Checkpoint after this many bytes written since the last one.
     pub checkpoint_bytes: u64,
-    /// Snapshot commits last written to the catalog witness; sessions
-    /// committing at once never move it backwards (crate::witness).
-    pub witnessed: Mutex<u64>,
+    /// Snapshot commits and audit row last written to the catalog witness;
+    /// sessions committing at once never move it backwards (crate::witness).
+    pub witnessed: Mutex<(u64, i64)>,
 }
 
 impl Backend {
@@ -85,11 +85,12 @@ impl Backend {
     /// and the witness then only lags.
     pub fn witness(&self, head: &crate::catalog::CatalogHead) {
         let mut last = self.witnessed.lock().unwrap_or_else(|e| e.into_inner());
-        if head.snapshot_commits < *last {
+        let this = (head.snapshot_commits, head.audit_seq);
+        if this < *last {
             return;
         }
         match crate::witness::record(self.store.root(), head) {
-            Ok(()) => *last = head.snapshot_commits,
+            Ok(()) => *last = this,
             Err(e) => warn!(error = %e, "cannot update the catalog witness (rollback detection lags)"),
         }
     }

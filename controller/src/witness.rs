@@ -58,7 +58,10 @@ impl From<&CatalogHead> for WitnessFile {
 pub enum WitnessError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path}: not a catalog witness this build can read ({why}); move it aside to start afresh")]
+    #[error(
+        "{path}: not a catalog witness this build can read ({why}); if catalog.db is the one to keep, \
+         accept it on the record with `pulih-controller accept-catalog --reason TEXT`"
+    )]
     Invalid { path: PathBuf, why: String },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -158,6 +161,19 @@ pub fn record(store_root: &Path, head: &CatalogHead) -> Result<(), WitnessError>
         let _ = fs::remove_file(&tmp);
     }
     res.map_err(|source| WitnessError::Io { path: p, source })
+}
+
+/// Removes temporary files of witness writes interrupted by a crash
+/// (`serve` calls this at start, holding the data directory's lock).
+pub fn remove_leftovers(store_root: &Path) {
+    let Ok(dir) = fs::read_dir(store_root) else { return };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&format!(".{FILE_NAME}.")) && name.ends_with(".tmp") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Writes the catalog's current head as the witness.

@@ -541,6 +541,10 @@ fn f18_catalog_rolled_back_to_an_older_copy_is_refused_until_accepted_and_recove
     assert!(err.contains("accept-catalog"), "the message says what to do: {err}");
     // Still refused on a second try: nothing was changed by the refusal.
     assert!(!run(&mut ctl.cmd(&["serve"])).status.success());
+    // Commands that change the catalog or the store refuse it too: a GC
+    // working from the older copy could delete what the newest one needs.
+    let gc = run(&mut ctl.cmd(&["gc", "--grace", "0s"]));
+    assert!(!gc.status.success() && String::from_utf8_lossy(&gc.stderr).contains("older than this data directory"));
     // An explicit decision, with a reason, in the audit log.
     let accepted = ok(&mut ctl.cmd(&["accept-catalog", "--reason", "newest catalog lost with the disk"]));
     assert!(accepted.contains("Accepted"), "{accepted}");

@@ -187,11 +187,16 @@ pub fn record_catalog(cat: &Catalog, store_root: &Path) -> Result<CatalogHead, W
 /// an accepted rollback).
 pub fn describe(cat: &Catalog, store_root: &Path) -> Result<serde_json::Value, WitnessError> {
     let head = cat.head()?;
-    let w = read(store_root)?;
-    Ok(serde_json::json!({
-        "witness": w.map(|w| serde_json::json!({
+    // An unreadable witness is described by its error (accept-catalog
+    // accepts a catalog beside a damaged witness too).
+    let witness = match read(store_root) {
+        Ok(w) => serde_json::json!(w.map(|w| serde_json::json!({
             "snapshot_commits": w.snapshot_commits, "audit_seq": w.audit_seq, "audit_hash": w.audit_hash,
-        })),
+        }))),
+        Err(e) => serde_json::json!({ "unreadable": e.to_string() }),
+    };
+    Ok(serde_json::json!({
+        "witness": witness,
         "catalog": {
             "snapshot_commits": head.snapshot_commits, "audit_seq": head.audit_seq, "audit_hash": head.audit_hash,
         },
@@ -274,6 +279,7 @@ mod tests {
         let err = check(&cat, &store).unwrap_err();
         assert!(matches!(err, WitnessError::Invalid { .. }), "{err}");
         assert!(err.to_string().contains(FILE_NAME), "{err}");
+        assert!(describe(&cat, &store).unwrap()["witness"]["unreadable"].as_str().unwrap().contains(FILE_NAME));
         fs::write(store.join(FILE_NAME), br#"{"format": 9, "snapshot_commits": 0, "audit_seq": 0, "audit_hash": ""}"#)
             .unwrap();
         assert!(check(&cat, &store).unwrap_err().to_string().contains("format 9"));

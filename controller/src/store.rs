@@ -305,10 +305,13 @@ pub fn migrate(root: &Path) -> Result<Option<u64>, StoreError> {
     Ok(Some(moved))
 }
 
-/// temp file → write → fsync → rename → fsync directory.
-fn write_durable(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+/// temp file → write → fsync → rename → fsync directory. The temporary
+/// name carries the process id, so two processes writing the same file
+/// (the catalog witness) do not write into each other's temp file.
+pub(crate) fn write_durable(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().expect("durable path has a parent");
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().expect("file name").to_string_lossy()));
+    let name = path.file_name().expect("file name").to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = (|| {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
         f.write_all(data)?;

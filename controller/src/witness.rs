@@ -20,8 +20,8 @@
 //! then killed. borg keeps the same kind of witness on the client side
 //! (its "manifest timestamp" check).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -65,6 +65,8 @@ pub enum WitnessError {
     Invalid { path: PathBuf, why: String },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// The catalog is behind the witness: it was replaced by an older copy.
     #[error(
         "catalog.db is older than this data directory (F18): {why}. It was probably restored from an \
@@ -142,25 +144,12 @@ pub fn check(cat: &Catalog, store_root: &Path) -> Result<Checked, WitnessError> 
     }
 }
 
-/// Writes `head` as the witness, durably (temp file, fsync, rename,
-/// directory fsync). Several processes may write: each uses its own
-/// temporary name, and each writes a head it read from the catalog.
+/// Writes `head` as the witness, durably (`store::write_durable`).
+/// Several processes may write: each uses its own temporary name, and
+/// each writes a head it read from the catalog.
 pub fn record(store_root: &Path, head: &CatalogHead) -> Result<(), WitnessError> {
-    let p = path(store_root);
-    let tmp = store_root.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
     let bytes = serde_json::to_vec_pretty(&WitnessFile::from(head)).expect("witness serializes");
-    let res = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, &p)?;
-        File::open(store_root)?.sync_all()
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res.map_err(|source| WitnessError::Io { path: p, source })
+    Ok(crate::store::write_durable(&path(store_root), &bytes)?)
 }
 
 /// Removes temporary files of witness writes interrupted by a crash

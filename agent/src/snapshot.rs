@@ -138,7 +138,11 @@ fn once(
     } else {
         None
     };
-    let parent_id: Option<SnapshotId> = parent.as_ref().map(|p| p.snapshot);
+    // The record names the last snapshot committed for this dataset even
+    // when the change cache is not used (a retry after the controller
+    // refused a reused blob): a controller that does not know it while it
+    // knows older ones was restored from an older copy, and says so (F18).
+    let parent_id: Option<SnapshotId> = parent.as_ref().map(|p| p.snapshot).or_else(|| last_committed(settings, ds));
     // Without the parent's records nothing can be reused.
     let dirty = if parent.is_some() { opts.dirty } else { None };
 
@@ -352,6 +356,18 @@ impl ProgressDisplay {
         drop(self.stop.take());
         if let Some(h) = self.handle.take() {
             let _ = h.join();
+        }
+    }
+}
+
+/// The snapshot last committed for `ds` by this host (`<dataset>.last.json`),
+/// if it is recorded and readable.
+fn last_committed(settings: &Settings, ds: &Dataset) -> Option<SnapshotId> {
+    match LastCommit::load(&LastCommit::path(&settings.cache_dir(), ds.name.as_str())) {
+        Ok(last) => last.and_then(|c| c.snapshot.parse().ok()),
+        Err(e) => {
+            warn!(error = %e, "ignoring the record of the last commit");
+            None
         }
     }
 }

@@ -27,7 +27,7 @@ use pulih_core::protocol::{DatasetReport, ErrorCode};
 use pulih_core::snapshot::SnapshotRecord;
 use pulih_core::tree::Tree;
 use pulih_core::{ChunkId, SnapshotId, TreeId};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::catalog::{now_secs, BlobState, Catalog, CatalogError};
 use crate::store::{BlobRef, Store, StoreError};
@@ -516,6 +516,16 @@ impl UploadSession {
                     }
                 }
             }
+            if let Some(newest) = Catalog::note_unknown_parent(&tx, self.agent_id, &id, &record)? {
+                // Not refused: the agent's data is safer stored than not.
+                error!(
+                    agent = %self.agent,
+                    dataset = %record.dataset,
+                    parent = %record.parent.map(|p| p.to_hex()).unwrap_or_default(),
+                    newest_known = %newest,
+                    "this agent's last committed snapshot is unknown to the catalog, which has older ones: the DRC's data directory looks restored from an older copy (F18); snapshots committed after that copy are gone from the DRC (audited as rollback-detected)"
+                );
+            }
             Catalog::insert_snapshot(&tx, self.agent_id, &id, &record, &encoded, self.stored_new)?;
             tx.commit().map_err(CatalogError::from)?;
             let head = cat.head();
@@ -694,6 +704,10 @@ mod lifecycle_tests {
     }
 
     fn record_with(root: TreeId, t: i64, chunker_version: u16) -> Vec<u8> {
+        record_full(root, t, chunker_version, None).1
+    }
+
+    fn record_full(root: TreeId, t: i64, chunker_version: u16, parent: Option<SnapshotId>) -> (SnapshotId, Vec<u8>) {
         SnapshotRecord {
             agent: AgentName::new("web").unwrap(),
             dataset: DatasetName::new("www").unwrap(),
@@ -702,14 +716,13 @@ mod lifecycle_tests {
             started_ns: t,
             finished_ns: t,
             root,
-            parent: None,
+            parent,
             chunker_version,
             stats: SnapshotStats::default(),
             errors_total: 0,
             errors: vec![],
         }
         .encode()
-        .1
     }
 
     fn flip(store: &Store, b: &BlobRef) {
@@ -832,5 +845,39 @@ mod lifecycle_tests {
             s.commit(&record_with(root, t, v)).unwrap();
         }
         assert_eq!(cat.snapshots(None, None).unwrap().len(), 2);
+    }
+
+    /// F18 (whole data directory put back): a parent the catalog does not
+    /// know is audited only when the catalog knows older snapshots of the
+    /// dataset; the first snapshot at a controller (an agent moved from
+    /// another one) and a parent that was forgotten are no sign.
+    #[test]
+    fn f18_unknown_parent_is_audited_only_beside_older_snapshots_of_the_dataset() {
+        let f = fixture();
+        let mut s = session(&f);
+        let c = put_chunk(&mut s, b"parent check");
+        let root = put_tree(&mut s, vec![file("x", c, 12)]);
+        let v = pulih_core::formats::CHUNKER_VERSION;
+        let elsewhere = record_full(root, 1000, v, None).0;
+        let rows = |cat: &Catalog| {
+            cat.audit_rows(0, 1000).unwrap().into_iter().filter(|r| r.action == "rollback-detected").count()
+        };
+        let (a, bytes) = record_full(root, 1, v, Some(elsewhere));
+        assert_eq!(s.commit(&bytes).unwrap().0, a);
+        let cat = Catalog::open(&f.cat_path).unwrap();
+        assert_eq!(rows(&cat), 0, "first snapshot of the dataset here");
+        let (b, bytes) = record_full(root, 2, v, Some(a));
+        s.commit(&bytes).unwrap();
+        assert_eq!(rows(&cat), 0, "known parent");
+        let (_, bytes) = record_full(root, 3, v, Some(elsewhere));
+        s.commit(&bytes).unwrap();
+        assert_eq!(rows(&cat), 1, "unknown parent beside older snapshots");
+        let row = cat.audit_rows(0, 1000).unwrap().into_iter().find(|r| r.action == "rollback-detected").unwrap();
+        assert!(row.detail.contains(&elsewhere.to_hex()) && row.detail.contains(&b.to_hex()), "{row:?}");
+        Catalog::open(&f.cat_path).unwrap().forget_snapshots(&[b.to_hex()]).unwrap();
+        let (_, bytes) = record_full(root, 4, v, Some(b));
+        s.commit(&bytes).unwrap();
+        assert_eq!(rows(&cat), 1, "a forgotten parent is no sign");
+        assert!(cat.audit_verify().unwrap().ok);
     }
 }

@@ -564,4 +564,77 @@ fn f18_catalog_rolled_back_to_an_older_copy_is_refused_until_accepted_and_recove
     assert!(out.status.success(), "restore {next}: {}", String::from_utf8_lossy(&out.stderr));
     pulih_e2e::assert_same_tree(&src, &dest);
     assert!(run(&mut ctl.cmd(&["verify", "--all"])).status.success());
+    // The agent's snapshot named the lost one as its parent: that is
+    // recorded too, per dataset.
+    let rows = rollback_rows(&ctl);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0]["detail"].as_str().unwrap().contains(&lost), "{:?}", rows[0]);
+}
+
+fn rollback_rows(ctl: &Controller) -> Vec<serde_json::Value> {
+    let rows = json(&ok(&mut ctl.cmd(&["audit", "list", "--limit", "1000", "--json"])));
+    rows.as_array().unwrap().iter().filter(|r| r["action"] == "rollback-detected").cloned().collect()
+}
+
+/// F18 when the whole data directory (catalog, store and the catalog's
+/// witness together) is put back from an older copy: nothing at the DRC
+/// disagrees, so the agent's memory is the evidence. Its next snapshot
+/// names the last one it committed, which the catalog does not know while
+/// it knows older ones of the dataset: the commit goes through (the data is
+/// safer stored than not), and the audit log and the server's log say that
+/// the DRC lost the snapshots after the copy. Forgetting a snapshot is not
+/// taken for a rollback.
+#[test]
+fn f18_whole_data_directory_put_back_from_an_older_copy_is_detected_by_the_agents_next_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mut ctl = Controller::start(tmp.path());
+    let web = ctl.enroll(tmp.path(), "web");
+    web.add_dataset("www", &[&src], &[]);
+    mutate(&src, 0);
+    let first = web.snapshot().id;
+
+    assert!(ctl.stop());
+    let copy = tmp.path().join("drc-copy");
+    let cp = |from: &Path, to: &Path| {
+        let st = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+        assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+    };
+    cp(&ctl.dir, &copy);
+    ctl.serve();
+    mutate(&src, 1);
+    let lost = web.snapshot().id;
+    assert!(ctl.stop());
+    fs::remove_dir_all(&ctl.dir).unwrap();
+    cp(&copy, &ctl.dir);
+    // Catalog, store and witness agree: serve starts.
+    ctl.serve();
+    let ids: Vec<String> = ctl.snapshots().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, std::slice::from_ref(&first));
+    assert!(rollback_rows(&ctl).is_empty());
+
+    mutate(&src, 2);
+    let (next, _failures) = snapshot_with_retries(&web);
+    let rows = rollback_rows(&ctl);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let detail = json(rows[0]["detail"].as_str().unwrap());
+    assert_eq!(detail["parent_unknown"], lost.as_str(), "{detail}");
+    assert_eq!(detail["newest_known"], first.as_str(), "{detail}");
+    assert_eq!(detail["snapshot"], next.as_str(), "{detail}");
+    assert_eq!(rows[0]["target"], "web/www");
+    assert!(ctl.log().contains("looks restored from an older copy"), "{}", ctl.log());
+    let dest = tmp.path().join("restored");
+    let out = ctl.restore(&next, Some(&src), &dest);
+    assert!(out.status.success(), "restore {next}: {}", String::from_utf8_lossy(&out.stderr));
+    pulih_e2e::assert_same_tree(&src, &dest);
+    assert!(run(&mut ctl.cmd(&["audit", "verify"])).status.success());
+
+    // The next snapshot follows a known one: nothing more. Nor after its
+    // parent was forgotten on purpose.
+    mutate(&src, 3);
+    let after = web.snapshot().id;
+    ok(&mut ctl.cmd(&["forget", &after]));
+    mutate(&src, 4);
+    web.snapshot();
+    assert_eq!(rollback_rows(&ctl).len(), 1);
 }

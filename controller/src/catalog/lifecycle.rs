@@ -237,11 +237,16 @@ impl Catalog {
 
     // --- snapshots ------------------------------------------------------------
 
-    /// Removes snapshot rows (the blobs they reached stay until GC).
+    /// Removes snapshot rows (the blobs they reached stay until GC) and
+    /// keeps their ids (see [`Catalog::note_unknown_parent`]).
     pub fn forget_snapshots(&mut self, ids: &[String]) -> Result<usize, CatalogError> {
         let tx = self.conn.transaction()?;
         let mut n = 0;
         for id in ids {
+            tx.execute(
+                "INSERT OR IGNORE INTO forgotten_snapshots (id, forgotten_at) SELECT id, ?2 FROM snapshots WHERE id = ?1",
+                params![id, now_secs()],
+            )?;
             n += tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
         }
         tx.commit()?;

@@ -432,6 +432,56 @@ impl Catalog {
         Ok(())
     }
 
+    /// F18 when the whole data directory was put back from an older copy:
+    /// catalog, store and witness then agree with each other, and only an
+    /// agent can tell. Its snapshot names as parent the last one it
+    /// committed for the dataset; if the catalog neither has nor forgot that
+    /// snapshot but has older ones of the same dataset, the catalog is older
+    /// than what the agent saw. Records it in the audit log, in the commit's
+    /// transaction, and returns the newest snapshot the catalog has of the
+    /// dataset. A dataset without snapshots here is no sign (an agent
+    /// pointed at a new controller keeps its old records).
+    pub fn note_unknown_parent(
+        tx: &Transaction<'_>,
+        agent_id: i64,
+        id: &SnapshotId,
+        record: &SnapshotRecord,
+    ) -> Result<Option<String>, CatalogError> {
+        let Some(parent) = record.parent else { return Ok(None) };
+        let parent = parent.to_hex();
+        let known: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM snapshots WHERE id = ?1)
+                 OR EXISTS (SELECT 1 FROM forgotten_snapshots WHERE id = ?1)",
+            [&parent],
+            |r| r.get(0),
+        )?;
+        if known {
+            return Ok(None);
+        }
+        let newest: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT s.id, s.committed_at FROM snapshots s JOIN datasets d ON d.id = s.dataset_id
+                 WHERE s.agent_id = ?1 AND d.name = ?2 ORDER BY s.finished_ns DESC, s.id LIMIT 1",
+                params![agent_id, record.dataset.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((newest, newest_at)) = newest else { return Ok(None) };
+        let entry = NewAudit::new(
+            &format!("agent:{}", record.agent),
+            "rollback-detected",
+            &format!("{}/{}", record.agent, record.dataset),
+            serde_json::json!({
+                "snapshot": id.to_hex(),
+                "parent_unknown": parent,
+                "newest_known": newest,
+                "newest_known_committed_at": newest_at,
+            }),
+        );
+        audit::append(tx, &entry, "detected")?;
+        Ok(Some(newest))
+    }
+
     /// Snapshots, oldest first, optionally of one agent and/or dataset.
     pub fn snapshots(&self, agent: Option<&str>, dataset: Option<&str>) -> Result<Vec<SnapshotRow>, CatalogError> {
         let mut st = self.conn.prepare(

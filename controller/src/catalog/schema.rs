@@ -13,7 +13,7 @@ use super::CatalogError;
 /// Schema version written by this build.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE, AUDIT, DRP, STANDBY, DRILLS];
+const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE, AUDIT, DRP, STANDBY, DRILLS, FORGOTTEN];
 
 /// Version 1: agents, certificates, enrollment tokens, blobs, datasets, snapshots.
 const V1: &str = r#"
@@ -278,6 +278,15 @@ CREATE TABLE drill_steps (
     outcome    TEXT NOT NULL CHECK (outcome IN ('running', 'passed', 'failed', 'skipped')),
     output     TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (drill_id, seq)
+);
+"#;
+
+/// Version 8: the ids of forgotten snapshots, so a snapshot naming one as
+/// its parent is not taken for a sign of a rolled-back catalog (F18).
+const FORGOTTEN: &str = r#"
+CREATE TABLE forgotten_snapshots (
+    id           TEXT PRIMARY KEY,
+    forgotten_at INTEGER NOT NULL
 );
 "#;
 

@@ -516,18 +516,19 @@ impl UploadSession {
                     }
                 }
             }
-            if let Some(newest) = Catalog::note_unknown_parent(&tx, self.agent_id, &id, &record)? {
-                // Not refused: the agent's data is safer stored than not.
+            // Not refused: the agent's data is safer stored than not.
+            let unknown_parent = Catalog::note_unknown_parent(&tx, self.agent_id, &id, &record)?;
+            Catalog::insert_snapshot(&tx, self.agent_id, &id, &record, &encoded, self.stored_new)?;
+            tx.commit().map_err(CatalogError::from)?;
+            if let Some(newest) = unknown_parent {
                 error!(
                     agent = %self.agent,
                     dataset = %record.dataset,
                     parent = %record.parent.map(|p| p.to_hex()).unwrap_or_default(),
                     newest_known = %newest,
-                    "this agent's last committed snapshot is unknown to the catalog, which has older ones: the DRC's data directory looks restored from an older copy (F18); snapshots committed after that copy are gone from the DRC (audited as rollback-detected)"
+                    "the last snapshot this agent committed for the dataset is unknown here, while older ones are known: the DRC's data directory looks restored from an older copy (F18), or the agent was pointed at another controller meanwhile; snapshots after the copy are not at this DRC (audited as rollback-detected)"
                 );
             }
-            Catalog::insert_snapshot(&tx, self.agent_id, &id, &record, &encoded, self.stored_new)?;
-            tx.commit().map_err(CatalogError::from)?;
             let head = cat.head();
             drop(cat);
             match head {
@@ -708,9 +709,19 @@ mod lifecycle_tests {
     }
 
     fn record_full(root: TreeId, t: i64, chunker_version: u16, parent: Option<SnapshotId>) -> (SnapshotId, Vec<u8>) {
+        record_of("www", root, t, chunker_version, parent)
+    }
+
+    fn record_of(
+        dataset: &str,
+        root: TreeId,
+        t: i64,
+        chunker_version: u16,
+        parent: Option<SnapshotId>,
+    ) -> (SnapshotId, Vec<u8>) {
         SnapshotRecord {
             agent: AgentName::new("web").unwrap(),
-            dataset: DatasetName::new("www").unwrap(),
+            dataset: DatasetName::new(dataset).unwrap(),
             host: "h".into(),
             paths: vec![],
             started_ns: t,
@@ -874,6 +885,16 @@ mod lifecycle_tests {
         assert_eq!(rows(&cat), 1, "unknown parent beside older snapshots");
         let row = cat.audit_rows(0, 1000).unwrap().into_iter().find(|r| r.action == "rollback-detected").unwrap();
         assert!(row.detail.contains(&elsewhere.to_hex()) && row.detail.contains(&b.to_hex()), "{row:?}");
+        assert_eq!(row.target, "web/www");
+        // The same commit again (its answer was lost): no second row.
+        let (_, bytes) = record_full(root, 5, v, Some(elsewhere));
+        s.commit(&bytes).unwrap();
+        assert_eq!(rows(&cat), 1, "one row per unknown parent");
+        // Another dataset of the same agent without snapshots here: no sign,
+        // although the agent has snapshots of `www`.
+        let (_, bytes) = record_of("db", root, 6, v, Some(elsewhere));
+        s.commit(&bytes).unwrap();
+        assert_eq!(rows(&cat), 1, "first snapshot of another dataset");
         Catalog::open(&f.cat_path).unwrap().forget_snapshots(&[b.to_hex()]).unwrap();
         let (_, bytes) = record_full(root, 4, v, Some(b));
         s.commit(&bytes).unwrap();

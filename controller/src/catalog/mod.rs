@@ -458,6 +458,17 @@ impl Catalog {
         if known {
             return Ok(None);
         }
+        let target = format!("{}/{}", record.agent, record.dataset);
+        // A retried commit (its answer lost) names the same parent: one row.
+        let noted: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM audit_log
+                 WHERE action = 'rollback-detected' AND target = ?1 AND instr(detail, ?2) > 0)",
+            params![target, parent],
+            |r| r.get(0),
+        )?;
+        if noted {
+            return Ok(None);
+        }
         let newest: Option<(String, i64)> = tx
             .query_row(
                 "SELECT s.id, s.committed_at FROM snapshots s JOIN datasets d ON d.id = s.dataset_id
@@ -470,7 +481,7 @@ impl Catalog {
         let entry = NewAudit::new(
             &format!("agent:{}", record.agent),
             "rollback-detected",
-            &format!("{}/{}", record.agent, record.dataset),
+            &target,
             serde_json::json!({
                 "snapshot": id.to_hex(),
                 "parent_unknown": parent,

@@ -705,11 +705,7 @@ mod lifecycle_tests {
     }
 
     fn record_with(root: TreeId, t: i64, chunker_version: u16) -> Vec<u8> {
-        record_full(root, t, chunker_version, None).1
-    }
-
-    fn record_full(root: TreeId, t: i64, chunker_version: u16, parent: Option<SnapshotId>) -> (SnapshotId, Vec<u8>) {
-        record_of("www", root, t, chunker_version, parent)
+        record_of("www", root, t, chunker_version, None).1
     }
 
     fn record_of(
@@ -869,25 +865,25 @@ mod lifecycle_tests {
         let c = put_chunk(&mut s, b"parent check");
         let root = put_tree(&mut s, vec![file("x", c, 12)]);
         let v = pulih_core::formats::CHUNKER_VERSION;
-        let elsewhere = record_full(root, 1000, v, None).0;
+        let elsewhere = record_of("www", root, 1000, v, None).0;
         let rows = |cat: &Catalog| {
             cat.audit_rows(0, 1000).unwrap().into_iter().filter(|r| r.action == "rollback-detected").count()
         };
-        let (a, bytes) = record_full(root, 1, v, Some(elsewhere));
+        let (a, bytes) = record_of("www", root, 1, v, Some(elsewhere));
         assert_eq!(s.commit(&bytes).unwrap().0, a);
         let cat = Catalog::open(&f.cat_path).unwrap();
         assert_eq!(rows(&cat), 0, "first snapshot of the dataset here");
-        let (b, bytes) = record_full(root, 2, v, Some(a));
+        let (b, bytes) = record_of("www", root, 2, v, Some(a));
         s.commit(&bytes).unwrap();
         assert_eq!(rows(&cat), 0, "known parent");
-        let (_, bytes) = record_full(root, 3, v, Some(elsewhere));
+        let (_, bytes) = record_of("www", root, 3, v, Some(elsewhere));
         s.commit(&bytes).unwrap();
         assert_eq!(rows(&cat), 1, "unknown parent beside older snapshots");
         let row = cat.audit_rows(0, 1000).unwrap().into_iter().find(|r| r.action == "rollback-detected").unwrap();
         assert!(row.detail.contains(&elsewhere.to_hex()) && row.detail.contains(&b.to_hex()), "{row:?}");
         assert_eq!(row.target, "web/www");
         // The same commit again (its answer was lost): no second row.
-        let (_, bytes) = record_full(root, 5, v, Some(elsewhere));
+        let (_, bytes) = record_of("www", root, 5, v, Some(elsewhere));
         s.commit(&bytes).unwrap();
         assert_eq!(rows(&cat), 1, "one row per unknown parent");
         // Another dataset of the same agent without snapshots here: no sign,
@@ -896,7 +892,7 @@ mod lifecycle_tests {
         s.commit(&bytes).unwrap();
         assert_eq!(rows(&cat), 1, "first snapshot of another dataset");
         Catalog::open(&f.cat_path).unwrap().forget_snapshots(&[b.to_hex()]).unwrap();
-        let (_, bytes) = record_full(root, 4, v, Some(b));
+        let (_, bytes) = record_of("www", root, 4, v, Some(b));
         s.commit(&bytes).unwrap();
         assert_eq!(rows(&cat), 1, "a forgotten parent is no sign");
         assert!(cat.audit_verify().unwrap().ok);

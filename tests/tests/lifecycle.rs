@@ -497,6 +497,19 @@ fn f22_scheduled_scrub_inside_serve_finds_damage() {
     assert!(ctl.stop(), "serve must stop cleanly with its scrub thread");
 }
 
+/// A controller with agent `web` and one snapshot of dataset `www` (from
+/// `src`), stopped: returns them and the snapshot's id.
+fn stopped_after_one_snapshot(tmp: &Path) -> (Controller, Agent, PathBuf, String) {
+    let src = tmp.join("src");
+    let mut ctl = Controller::start(tmp);
+    let web = ctl.enroll(tmp, "web");
+    web.add_dataset("www", &[&src], &[]);
+    mutate(&src, 0);
+    let first = web.snapshot().id;
+    assert!(ctl.stop());
+    (ctl, web, src, first)
+}
+
 /// F18: `catalog.db` replaced by an older copy while the controller was
 /// stopped. The controller was killed right after the later snapshot, so
 /// only the witness written at commit knows of it: `serve` refuses the
@@ -509,14 +522,7 @@ fn f22_scheduled_scrub_inside_serve_finds_damage() {
 #[test]
 fn f18_catalog_rolled_back_to_an_older_copy_is_refused_until_accepted_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let mut ctl = Controller::start(tmp.path());
-    let web = ctl.enroll(tmp.path(), "web");
-    web.add_dataset("www", &[&src], &[]);
-    mutate(&src, 0);
-    let first = web.snapshot().id;
-
-    assert!(ctl.stop());
+    let (mut ctl, web, src, first) = stopped_after_one_snapshot(tmp.path());
     let old = tmp.path().join("catalog-copy");
     fs::create_dir_all(&old).unwrap();
     for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
@@ -587,14 +593,7 @@ fn rollback_rows(ctl: &Controller) -> Vec<serde_json::Value> {
 #[test]
 fn f18_whole_data_directory_put_back_from_an_older_copy_is_detected_by_the_agents_next_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let mut ctl = Controller::start(tmp.path());
-    let web = ctl.enroll(tmp.path(), "web");
-    web.add_dataset("www", &[&src], &[]);
-    mutate(&src, 0);
-    let first = web.snapshot().id;
-
-    assert!(ctl.stop());
+    let (mut ctl, web, src, first) = stopped_after_one_snapshot(tmp.path());
     let copy = tmp.path().join("drc-copy");
     let cp = |from: &Path, to: &Path| {
         let st = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
 
-use pulih_core::restore::{BlobSource, SourceError};
+use pulih_core::restore::{BlobSource, SharedSource, SourceError};
 pub use pulih_core::restore::{Options, RestoreError, RestoreStats};
 use pulih_core::{ChunkId, TreeId};
 
@@ -20,19 +20,32 @@ use pulih_core::formats::MAX_TREE_LEN;
 use crate::store::{BlobRef, Store};
 
 /// The local store as a blob source. It only decompresses (bounded); the
-/// writer verifies the hashes.
+/// writer verifies the hashes. Several threads may read it at once, so a
+/// restore writes file contents in parallel ([`SharedSource`]).
 pub struct StoreSource<'a>(pub &'a Store);
 
-impl BlobSource for StoreSource<'_> {
-    fn tree(&mut self, id: &TreeId) -> Result<Vec<u8>, SourceError> {
+impl SharedSource for StoreSource<'_> {
+    fn tree(&self, id: &TreeId) -> Result<Vec<u8>, SourceError> {
         let frame = self.0.read(&BlobRef::tree(id))?;
         codec::decompress_bounded(&frame, MAX_TREE_LEN)
             .map_err(|e| format!("tree {} is damaged: {e}", id.to_hex()).into())
     }
-    fn chunk(&mut self, id: &ChunkId, len: u32) -> Result<Vec<u8>, SourceError> {
+    fn chunk(&self, id: &ChunkId, len: u32) -> Result<Vec<u8>, SourceError> {
         let frame = self.0.read(&BlobRef::chunk(id))?;
         codec::decompress_exact(&frame, len.into(), len)
             .map_err(|e| format!("chunk {} is damaged: {e}", id.to_hex()).into())
+    }
+}
+
+impl BlobSource for StoreSource<'_> {
+    fn tree(&mut self, id: &TreeId) -> Result<Vec<u8>, SourceError> {
+        SharedSource::tree(self, id)
+    }
+    fn chunk(&mut self, id: &ChunkId, len: u32) -> Result<Vec<u8>, SourceError> {
+        SharedSource::chunk(self, id, len)
+    }
+    fn shared(&self) -> Option<&dyn SharedSource> {
+        Some(self)
     }
 }
 

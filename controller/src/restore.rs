@@ -10,8 +10,8 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
 
-use pulih_core::restore::{BlobSource, SharedSource, SourceError};
 pub use pulih_core::restore::{Options, RestoreError, RestoreStats};
+use pulih_core::restore::{SharedSource, SourceError};
 use pulih_core::{ChunkId, TreeId};
 
 use pulih_core::codec;
@@ -34,18 +34,6 @@ impl SharedSource for StoreSource<'_> {
         let frame = self.0.read(&BlobRef::chunk(id))?;
         codec::decompress_exact(&frame, len.into(), len)
             .map_err(|e| format!("chunk {} is damaged: {e}", id.to_hex()).into())
-    }
-}
-
-impl BlobSource for StoreSource<'_> {
-    fn tree(&mut self, id: &TreeId) -> Result<Vec<u8>, SourceError> {
-        SharedSource::tree(self, id)
-    }
-    fn chunk(&mut self, id: &ChunkId, len: u32) -> Result<Vec<u8>, SourceError> {
-        SharedSource::chunk(self, id, len)
-    }
-    fn shared(&self) -> Option<&dyn SharedSource> {
-        Some(self)
     }
 }
 

@@ -76,7 +76,20 @@ pub trait SharedSource: Sync {
     fn chunk(&self, id: &ChunkId, len: u32) -> Result<Vec<u8>, SourceError>;
 }
 
-/// A [`SharedSource`] used where a [`BlobSource`] is expected.
+/// Every shared source is a blob source that says it is shared.
+impl<T: SharedSource> BlobSource for T {
+    fn tree(&mut self, id: &TreeId) -> Result<Vec<u8>, SourceError> {
+        SharedSource::tree(self, id)
+    }
+    fn chunk(&mut self, id: &ChunkId, len: u32) -> Result<Vec<u8>, SourceError> {
+        SharedSource::chunk(self, id, len)
+    }
+    fn shared(&self) -> Option<&dyn SharedSource> {
+        Some(self)
+    }
+}
+
+/// A [`SharedSource`] behind a reference, used where a [`BlobSource`] is expected.
 struct Shared<'s>(&'s dyn SharedSource);
 
 impl BlobSource for Shared<'_> {
@@ -898,18 +911,6 @@ mod tests {
                 return Err(format!("chunk {id} unreadable").into());
             }
             self.mem.chunks.get(id).cloned().ok_or_else(|| format!("chunk {id} missing").into())
-        }
-    }
-
-    impl BlobSource for SharedMem {
-        fn tree(&mut self, id: &TreeId) -> Result<Vec<u8>, SourceError> {
-            SharedSource::tree(self, id)
-        }
-        fn chunk(&mut self, id: &ChunkId, len: u32) -> Result<Vec<u8>, SourceError> {
-            SharedSource::chunk(self, id, len)
-        }
-        fn shared(&self) -> Option<&dyn SharedSource> {
-            Some(self)
         }
     }
 

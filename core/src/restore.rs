@@ -218,18 +218,12 @@ struct Writers<'a> {
 
 impl Writers<'_> {
     fn submit(&self, job: WriteJob) -> Result<(), RestoreError> {
-        let stopped = || RestoreError::Io {
-            path: show(&job.path),
-            source: io::Error::other("restore stopped: writing another file failed"),
-        };
+        let stopped =
+            |path: &[Vec<u8>], why: &str| RestoreError::Io { path: show(path), source: io::Error::other(why) };
         if self.state.failed.load(Ordering::Relaxed) {
-            return Err(stopped());
+            return Err(stopped(&job.path, "restore stopped: writing another file failed"));
         }
-        let shown = show(&job.path);
-        self.queue.send(job).map_err(|_| RestoreError::Io {
-            path: shown,
-            source: io::Error::other("restore stopped: no writer thread is left"),
-        })
+        self.queue.send(job).map_err(|e| stopped(&e.0.path, "restore stopped: no writer thread is left"))
     }
 }
 

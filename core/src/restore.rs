@@ -623,7 +623,7 @@ impl<'a, S: BlobSource + ?Sized> Ctx<'a, S> {
                 self.tree(&child, &path, tree, depth + 1)?;
                 // Metadata after the children, so their creation does not
                 // change the directory's mtime afterwards.
-                self.own(&child, e, &path)?;
+                own(self.owners, &child, e, &path)?;
                 rustix::fs::fchmod(&child, mode).map_err(|x| io_at(&path)(x.into()))?;
                 rustix::fs::futimens(&child, &times(e.mtime_ns)).map_err(|x| io_at(&path)(x.into()))?;
                 self.stats.dirs += 1;
@@ -665,7 +665,7 @@ impl<'a, S: BlobSource + ?Sized> Ctx<'a, S> {
                         .map_err(|x| io_at(&path)(x.into()))?;
                         let file = File::from(fd);
                         if same_content(&file, segments).map_err(io_at(&path))? {
-                            self.finish_file(&file, e, &path)?;
+                            finish_file(self.owners, &file, e, &path)?;
                             if let Some(g) = link_group {
                                 self.links.insert(g.get(), path.clone());
                             }
@@ -704,7 +704,7 @@ impl<'a, S: BlobSource + ?Sized> Ctx<'a, S> {
                         .collect();
                     self.src.prefetch(&wanted);
                     let written = write_contents(self.src, &mut file, segments, *size, &path)
-                        .and_then(|()| self.finish_file(&file, e, &path));
+                        .and_then(|()| finish_file(self.owners, &file, e, &path));
                     if replace {
                         if let Err(err) = written {
                             let _ = rustix::fs::unlinkat(dir, OsStr::from_bytes(&tmp), AtFlags::empty());
@@ -753,14 +753,6 @@ impl<'a, S: BlobSource + ?Sized> Ctx<'a, S> {
             }
         }
         Ok(())
-    }
-
-    fn finish_file(&self, file: &File, e: &Entry, path: &[Vec<u8>]) -> Result<(), RestoreError> {
-        finish_file(self.owners, file, e, path)
-    }
-
-    fn own(&self, fd: impl AsFd, e: &Entry, path: &[Vec<u8>]) -> Result<(), RestoreError> {
-        own(self.owners, fd, e, path)
     }
 
     /// Sets the owner of a non-directory entry without following a link.

@@ -97,13 +97,14 @@ impl DataDir {
         Catalog::open(&self.catalog_path()).with_context(|| format!("opening {}", self.catalog_path().display()))
     }
 
-    /// Opens the store.
+    /// Opens the store, finding blobs through the catalog.
     pub fn store(&self) -> Result<Store> {
         self.check_exists()?;
-        Ok(Store::open(&self.store_path())?)
+        let locator = crate::catalog::Locator::new(&self.catalog_path());
+        Ok(Store::open(&self.store_path())?.with_locator(std::sync::Arc::new(locator)))
     }
 
-    /// Converts a layout-1 store to the current layout
+    /// Converts a layout-1 or layout-2 store to the current layout
     /// ([`crate::store::migrate`]); `None` when there was nothing to do.
     /// The caller holds the serve lock; the GC lock is taken here (only
     /// when there is work), so no GC, scrub or rebuild runs meanwhile.
@@ -112,8 +113,8 @@ impl DataDir {
             Err(crate::store::StoreError::OldLayout { .. }) => {}
             _ => return Ok(None),
         }
-        let _gc = self.lock_for_gc().context("converting the store to layout 2 needs the GC lock")?;
-        crate::store::migrate(&self.store_path()).context("converting the store to layout 2")
+        let _gc = self.lock_for_gc().context("converting the store to layout 3 needs the GC lock")?;
+        crate::store::migrate(&self.store_path()).context("converting the store to layout 3")
     }
 
     /// Takes the data directory's server lock: one `serve` per directory.

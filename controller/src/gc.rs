@@ -92,7 +92,7 @@ use tracing::{info, warn};
 
 use crate::catalog::{now_secs, Catalog, CatalogError};
 use crate::reader::{self, ReadError};
-use crate::store::{BlobKind, BlobRef, Store};
+use crate::store::{BlobKind, BlobRef, Location, Store};
 
 /// Default grace period: blobs relied on within it are kept.
 pub const DEFAULT_GRACE_SECS: i64 = 24 * 3600;
@@ -138,6 +138,9 @@ pub struct GcReport {
     pub bytes_removed: u64,
     /// Files put back from `gc-trash/` after an interrupted run.
     pub trash_restored: u64,
+    /// Space given back by removing and rewriting pack files.
+    #[serde(default)]
+    pub packs: crate::compact::CompactReport,
     pub seconds: f64,
 }
 
@@ -335,6 +338,7 @@ fn run_inner(
         report.trees_removed = cand_trees.len() as u64;
         report.chunks_removed = cand_chunks.len() as u64;
         report.bytes_removed = cand_trees.iter().chain(&cand_chunks).map(|c| c.1).sum();
+        report.packs = crate::compact::compact_packs(store, cat, true)?;
         return Ok(());
     }
 
@@ -379,11 +383,13 @@ fn run_inner(
         report.chunks_removed += n;
         report.bytes_removed += bytes;
     }
+    report.packs = crate::compact::compact_packs(store, cat, false)?;
     info!(
         trees = report.trees_removed,
         chunks = report.chunks_removed,
         bytes = report.bytes_removed,
         rescued = report.rescued_trees,
+        pack_bytes_freed = report.packs.bytes_freed,
         "garbage collection done"
     );
     Ok(())
@@ -493,10 +499,18 @@ type Choose<'a> = dyn FnMut(&rusqlite::Transaction<'_>) -> Result<Vec<(BlobRef, 
 /// inside the transaction and returns the blobs to remove.
 fn sweep(store: &Store, cat: &mut Catalog, cutoff: i64, choose: &mut Choose<'_>) -> Result<(u64, u64), GcError> {
     let mut moved: Vec<(BlobRef, u64)> = Vec::new();
+    let mut packed: Vec<(BlobRef, u64)> = Vec::new();
     let res = (|| -> Result<(), GcError> {
         let tx = cat.immediate()?;
         for (b, len) in choose(&tx)? {
+            let loc = Catalog::blob_location_in(&tx, &b)?;
             if !Catalog::sweep_blob(&tx, &b, cutoff)? {
+                continue;
+            }
+            if let Some(Location::Packed(_)) = loc {
+                // Its bytes stay in the pack until the pack is compacted
+                // (see `compact_packs`).
+                packed.push((b, len));
                 continue;
             }
             let from = store.blob_path(&b);
@@ -516,7 +530,7 @@ fn sweep(store: &Store, cat: &mut Catalog, cutoff: i64, choose: &mut Choose<'_>)
         }
         return Err(e);
     }
-    let mut bytes = 0;
+    let mut bytes: u64 = packed.iter().map(|p| p.1).sum();
     for (b, len) in &moved {
         match fs::remove_file(trash_path(store, b)) {
             Ok(()) => bytes += len,
@@ -524,7 +538,7 @@ fn sweep(store: &Store, cat: &mut Catalog, cutoff: i64, choose: &mut Choose<'_>)
             Err(e) => warn!(blob = %b.hex(), error = %e, "could not unlink a removed blob; the next run retries"),
         }
     }
-    Ok((moved.len() as u64, bytes))
+    Ok(((moved.len() + packed.len()) as u64, bytes))
 }
 
 /// Helpers shared by the lifecycle tests of other modules.
@@ -553,7 +567,7 @@ mod tests {
     pub(crate) fn put(store: &Store, cat: &mut Catalog, blob: BlobRef, frame: &[u8], touched: i64) {
         store.put_unsynced(&blob, frame).unwrap();
         let tx = cat.transaction().unwrap();
-        Catalog::record_blobs(&tx, 1, &[(blob, 1, frame.len() as u64)]).unwrap();
+        Catalog::record_blobs(&tx, 1, &[crate::catalog::StagedBlob { blob, raw_len: 1, stored_len: frame.len() as u64, at: None }]).unwrap();
         tx.execute("UPDATE blobs SET touched_at = ?1 WHERE id = ?2", rusqlite::params![touched, &blob.id[..]]).unwrap();
         tx.commit().unwrap();
     }

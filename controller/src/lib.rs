@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod compact;
 pub mod config;
 pub mod datadir;
 pub mod drill;
@@ -20,6 +21,7 @@ pub mod gc;
 pub mod lifecycle;
 pub mod listen;
 pub mod metrics;
+pub mod pack;
 pub mod pki;
 pub mod reader;
 pub mod rebuild;

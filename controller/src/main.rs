@@ -527,7 +527,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let cfg = dd.config()?;
             let _lock = dd.lock_for_serving()?;
             if let Some(moved) = dd.migrate_store()? {
-                tracing::info!(blobs = moved, "store converted to layout 2 (one level of fan-out directories)");
+                tracing::info!(blobs = moved, "store converted to layout 3 (pack files for new blobs)");
             }
             let store = dd.store()?;
             let removed = store.remove_leftovers()?;
@@ -552,6 +552,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 &dd.config_path().display().to_string(),
             )? {
                 tracing::info!(path = %dd.config_path().display(), "configuration changed since the last start (audited)");
+            }
+            let unsealed = pulih_controller::compact::remove_unsealed_packs(&store, &mut catalog)?;
+            if unsealed > 0 {
+                tracing::info!(packs = unsealed, "removed packs of interrupted uploads");
             }
             let head = witness::record_catalog(&catalog, &dd.store_path())?;
             let backend = server::open_backend(store, catalog, cfg.limits.checkpoint_mib * 1024 * 1024);

@@ -4,9 +4,12 @@
 //! * **Snapshots** come from `store/snapshots/<id>`: each record is decoded
 //!   and re-encoded, and kept only if its id is the hash of the file (a
 //!   renamed or edited record is skipped and reported, F31).
-//! * **Blobs** come from `store/chunks` and `store/trees`: every file is
+//! * **Blobs** come from the index of every sealed pack in `store/packs`
+//!   (a pack without a valid index was never sealed, so nothing in it was
+//!   ever durable: skipped and reported) and from the loose files of
+//!   layout 2 in `store/chunks` and `store/trees`. Every blob is
 //!   decompressed (bounded) and rehashed; a 0-byte file is a torn write and
-//!   skipped (F1); a file whose content does not match its name is recorded
+//!   skipped (F1); a blob whose content does not match its id is recorded
 //!   and marked damaged, so scrub and self-healing treat it like any damage.
 //!   Rows get `touched_at` = now: nothing is garbage collected for one grace
 //!   period, so uploads that were in progress can resume.
@@ -192,8 +195,63 @@ fn restore_snapshots(store: &Store, cat: &mut Catalog, report: &mut RebuildRepor
     Ok(out)
 }
 
+/// Verifies a stored frame against its id: (good, plaintext length).
+fn check_frame(blob: &BlobRef, frame: &[u8]) -> (bool, u64) {
+    let limit = if blob.kind == BlobKind::Tree { MAX_TREE_LEN } else { MAX_CHUNK_LEN };
+    let plain = codec::decompress_bounded(frame, limit).ok();
+    let good = plain.as_ref().is_some_and(|pl| match blob.kind {
+        BlobKind::Tree => TreeId::of(pl).as_bytes() == &blob.id,
+        BlobKind::Chunk => ChunkId::of(pl).as_bytes() == &blob.id,
+    });
+    let raw = plain.as_ref().map_or_else(|| codec::frame_content_size(frame).unwrap_or(0), |p| p.len() as u64);
+    (good, raw)
+}
+
+fn mtime_secs(p: &Path, default: i64) -> i64 {
+    fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(default, |d| d.as_secs() as i64)
+}
+
 fn restore_blobs(store: &Store, cat: &mut Catalog, report: &mut RebuildReport) -> Result<()> {
     let now = now_secs();
+    let mut damaged: Vec<BlobRef> = Vec::new();
+    let count = |report: &mut RebuildReport, kind| match kind {
+        BlobKind::Tree => report.trees += 1,
+        BlobKind::Chunk => report.chunks += 1,
+    };
+    // Packs (layout 3): a sealed pack's index says what it holds; a pack
+    // without a valid index was never sealed, so nothing in it was ever
+    // recorded durable (F1, F2).
+    for id in store.list_packs()? {
+        let path = store.pack_path(&id);
+        let entries = match crate::pack::read_index(&path) {
+            Ok(e) => e,
+            Err(e) => {
+                report.skipped.push(format!("pack {id}: {e}"));
+                continue;
+            }
+        };
+        let size = fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
+        let created = mtime_secs(&path, now);
+        let tx = cat.transaction()?;
+        Catalog::restore_pack(&tx, &id, size, created)?;
+        for e in entries {
+            let at = crate::pack::PackedAt { pack: id, offset: e.offset, len: e.len.into() };
+            let frame = store.read_at(&e.blob, &crate::store::Location::Packed(at))?;
+            let (good, raw) = check_frame(&e.blob, &frame);
+            if Catalog::restore_blob(&tx, &e.blob, raw, frame.len() as u64, created, now, Some(&at))? {
+                if !good {
+                    damaged.push(e.blob);
+                }
+                count(report, e.blob.kind);
+            }
+        }
+        tx.commit()?;
+    }
+    // Loose blobs of layout 2.
     for kind in [BlobKind::Tree, BlobKind::Chunk] {
         let top = store.root().join(if kind == BlobKind::Tree { "trees" } else { "chunks" });
         let mut stack = vec![top];
@@ -216,38 +274,20 @@ fn restore_blobs(store: &Store, cat: &mut Catalog, report: &mut RebuildReport) -
                 if frame.is_empty() {
                     continue; // torn write (F1): absent
                 }
-                let limit = if kind == BlobKind::Tree { MAX_TREE_LEN } else { MAX_CHUNK_LEN };
-                let plain = codec::decompress_bounded(&frame, limit).ok();
-                let good = plain.as_ref().is_some_and(|pl| match kind {
-                    BlobKind::Tree => TreeId::of(pl).as_bytes() == &id,
-                    BlobKind::Chunk => ChunkId::of(pl).as_bytes() == &id,
-                });
-                let raw =
-                    plain.as_ref().map_or_else(|| codec::frame_content_size(&frame).unwrap_or(0), |p| p.len() as u64);
-                let mtime = fs::metadata(&p)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(now, |d| d.as_secs() as i64);
-                Catalog::restore_blob(&tx, &blob, raw, frame.len() as u64, mtime, now)?;
-                if !good {
-                    report.damaged.push(format!("{} {}", kind.name(), blob.hex()));
-                }
-                match kind {
-                    BlobKind::Tree => report.trees += 1,
-                    BlobKind::Chunk => report.chunks += 1,
+                let (good, raw) = check_frame(&blob, &frame);
+                if Catalog::restore_blob(&tx, &blob, raw, frame.len() as u64, mtime_secs(&p, now), now, None)? {
+                    if !good {
+                        damaged.push(blob);
+                    }
+                    count(report, kind);
                 }
             }
             tx.commit()?;
         }
     }
-    for d in &report.damaged {
-        if let Some((k, h)) = d.split_once(' ') {
-            let kind = if k == "tree" { BlobKind::Tree } else { BlobKind::Chunk };
-            if let Some(id) = hex::decode(h).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()) {
-                cat.record_damage(&BlobRef { kind, id }, "content does not match its name (found by rebuild-catalog)")?;
-            }
-        }
+    for blob in damaged {
+        report.damaged.push(format!("{} {}", blob.kind.name(), blob.hex()));
+        cat.record_damage(&blob, "content does not match its name (found by rebuild-catalog)")?;
     }
     Ok(())
 }

@@ -538,7 +538,12 @@ mod tests {
             let id = ChunkId::of(&data);
             let frame = codec::compress(&data, 1);
             store.put_unsynced(&BlobRef::chunk(&id), &frame).unwrap();
-            blobs.push((BlobRef::chunk(&id), data.len() as u64, frame.len() as u64));
+            blobs.push(crate::catalog::StagedBlob {
+                blob: BlobRef::chunk(&id),
+                raw_len: data.len() as u64,
+                stored_len: frame.len() as u64,
+                at: None,
+            });
         }
         let tx = cat.transaction().unwrap();
         Catalog::record_blobs(&tx, 1, &blobs).unwrap();

@@ -29,7 +29,8 @@ use pulih_core::tree::Tree;
 use pulih_core::{ChunkId, SnapshotId, TreeId};
 use tracing::{debug, error, info, warn};
 
-use crate::catalog::{now_secs, BlobState, Catalog, CatalogError};
+use crate::catalog::{now_secs, BlobState, Catalog, CatalogError, StagedBlob};
+use crate::pack::{PackId, PackWriter, PackedAt};
 use crate::store::{BlobRef, Store, StoreError};
 
 /// Default: checkpoint after this many bytes written since the last one.
@@ -99,8 +100,11 @@ impl Backend {
 /// Blobs staged since the last checkpoint, and what a checkpoint records.
 #[derive(Debug, Default)]
 struct Batch {
-    pending: Vec<(BlobRef, u64, u64)>,
+    pending: Vec<StagedBlob>,
     pending_bytes: u64,
+    /// The pack this batch's new blobs are written to (crate::pack); sealed
+    /// at its checkpoint, before the sync.
+    pack: Option<PackWriter>,
     /// Stored blobs this session relied on since its last checkpoint; their
     /// `touched_at` is written at the checkpoint (see crate::gc).
     touched: HashSet<BlobRef>,
@@ -354,16 +358,15 @@ impl UploadSession {
             return Ok(());
         }
         let BlobState { durable, owned, damaged } = self.state(&self.catalog(), &blob)?;
+        let mut at = None;
         if !durable {
-            self.backend.store.put_unsynced(&blob, data)?;
+            at = Some(self.write(blob, data)?);
             self.stored_new += data.len() as u64;
-            self.batch.pending_bytes += data.len() as u64;
         } else if damaged {
-            // Self-healing: a verified copy replaces the damaged file
-            // (temp + rename now, synced at the checkpoint that marks it
-            // repaired).
-            self.backend.store.put_unsynced(&blob, data)?;
-            self.batch.pending_bytes += data.len() as u64;
+            // Self-healing: a verified copy replaces the damaged one (its
+            // row points at the new copy from the checkpoint that marks it
+            // repaired; the old bytes become garbage of their pack).
+            at = Some(self.write(blob, data)?);
             self.batch.repairs.push(blob);
             info!(agent = %self.agent, blob = %blob.hex(), kind = blob.kind.name(), "damaged blob replaced by a verified copy");
         } else {
@@ -374,12 +377,27 @@ impl UploadSession {
             self.bytes_new += data.len() as u64;
             self.blobs_new += 1;
         }
-        self.batch.pending.push((blob, raw_len, data.len() as u64));
+        self.batch.pending.push(StagedBlob { blob, raw_len, stored_len: data.len() as u64, at });
         self.received.insert(blob);
         if self.batch.pending_bytes >= self.backend.checkpoint_bytes || self.batch.pending.len() >= CHECKPOINT_BLOBS {
             self.checkpoint_in_background()?;
         }
         Ok(())
+    }
+
+    /// Appends a blob to the batch's pack, starting one (recorded as being
+    /// written before its file exists) if needed.
+    fn write(&mut self, blob: BlobRef, data: &[u8]) -> Result<PackedAt, SessionError> {
+        if self.batch.pack.is_none() {
+            let id = PackId::random()
+                .map_err(|e| SessionError::new(ErrorCode::Storage, format!("cannot name a new pack: {e}")))?;
+            self.catalog().pack_begin(&id)?;
+            self.batch.pack = Some(self.backend.store.create_pack(id)?);
+        }
+        let pack = self.batch.pack.as_mut().expect("pack started above");
+        let at = pack.append(blob, data).map_err(StoreError::from)?;
+        self.batch.pending_bytes += data.len() as u64;
+        Ok(at)
     }
 
     /// Waits for the checkpoint in flight, if any; its blobs are then
@@ -405,7 +423,7 @@ impl UploadSession {
         if batch.is_empty() {
             return Ok(());
         }
-        let blobs: Vec<BlobRef> = batch.pending.iter().map(|p| p.0).collect();
+        let blobs: Vec<BlobRef> = batch.pending.iter().map(|p| p.blob).collect();
         let (backend, agent_id, agent) = (self.backend.clone(), self.agent_id, self.agent.clone());
         let handle = std::thread::Builder::new()
             .name("pulih-checkpoint".into())
@@ -552,13 +570,32 @@ impl Drop for UploadSession {
         if let Err(e) = self.join_inflight() {
             debug!(agent = %self.agent, error = %e, "checkpoint of an ended session failed");
         }
+        // Blobs written since the last checkpoint were never recorded:
+        // their pack goes (a crash instead leaves it to the next start).
+        if let Some(pack) = self.batch.pack.take() {
+            let id = pack.id();
+            drop(pack);
+            let gone = self.backend.store.remove_pack(&id).map_err(SessionError::from).and_then(|()| {
+                self.catalog().forget_pack(&id).map_err(SessionError::from)
+            });
+            if let Err(e) = gone {
+                debug!(agent = %self.agent, pack = %id, error = %e, "unrecorded pack of an ended session not removed");
+            }
+        }
     }
 }
 
 /// Makes a batch durable and records it: `syncfs` if anything was written,
 /// then one catalog transaction with the blobs, their ownership and the
 /// touches of what the batch relied on.
-fn record_batch(backend: &Backend, agent_id: i64, agent: &str, batch: Batch) -> Result<(), SessionError> {
+fn record_batch(backend: &Backend, agent_id: i64, agent: &str, mut batch: Batch) -> Result<(), SessionError> {
+    let sealed = match batch.pack.take() {
+        Some(pack) => {
+            let id = pack.id();
+            Some((id, pack.seal().map_err(StoreError::from)?))
+        }
+        None => None,
+    };
     if batch.pending_bytes > 0 {
         backend.store.sync()?;
     }
@@ -570,8 +607,10 @@ fn record_batch(backend: &Backend, agent_id: i64, agent: &str, batch: Batch) -> 
         let now = now_secs();
         let gone = Catalog::touch_blobs(&tx, batch.unwritten.iter().chain(&batch.touched), now)?;
         let gone_set: HashSet<BlobRef> = gone.iter().copied().collect();
-        let keep: Vec<(BlobRef, u64, u64)> =
-            batch.pending.iter().filter(|p| !gone_set.contains(&p.0)).copied().collect();
+        let keep: Vec<StagedBlob> = batch.pending.iter().filter(|p| !gone_set.contains(&p.blob)).copied().collect();
+        if let Some((id, size)) = sealed {
+            Catalog::pack_sealed(&tx, &id, size)?;
+        }
         Catalog::record_blobs(&tx, agent_id, &keep)?;
         for r in &batch.repairs {
             Catalog::mark_repaired(&tx, r)?;
@@ -643,9 +682,11 @@ mod lifecycle_tests {
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("store")).unwrap();
         let cat_path = dir.path().join("catalog.db");
         let mut cat = Catalog::create(&cat_path, "drc").unwrap();
+        let store = Store::create(&dir.path().join("store"))
+            .unwrap()
+            .with_locator(Arc::new(crate::catalog::Locator::new(&cat_path)));
         let name = AgentName::new("web").unwrap();
         cat.add_token("h", &name, 3600).unwrap();
         let cert = CertInfo { common_name: "web".into(), serial: "01".into(), not_before: 0, not_after: i64::MAX / 2 };
@@ -733,10 +774,9 @@ mod lifecycle_tests {
     }
 
     fn flip(store: &Store, b: &BlobRef) {
-        let p = store.blob_path(b);
+        let (p, offset, len) = store.blob_bytes(b).unwrap();
         let mut bytes = std::fs::read(&p).unwrap();
-        let n = bytes.len();
-        bytes[n / 2] ^= 0x40;
+        bytes[(offset + len / 2) as usize] ^= 0x40;
         std::fs::write(&p, bytes).unwrap();
     }
 
@@ -813,7 +853,8 @@ mod lifecycle_tests {
             let tx = cat.transaction().unwrap();
             Catalog::forget_blobs(&tx, &[BlobRef::chunk(&c)]).unwrap();
             tx.commit().unwrap();
-            std::fs::remove_file(f.backend.store.blob_path(&BlobRef::chunk(&c))).unwrap();
+            // Its bytes stay in the pack until compaction; without a row
+            // it is gone for every reader.
             cat.gc_end(run, true, 0, 1, 0, None).unwrap();
         }
         let err = s.commit(&record(root, 2)).unwrap_err();
@@ -847,7 +888,8 @@ mod lifecycle_tests {
         assert!(err.message.contains("chunker version 99") && err.message.contains("[1, 2]"), "{err}");
         let cat = Catalog::open(&f.cat_path).unwrap();
         assert!(cat.snapshots(None, None).unwrap().is_empty());
-        assert!(f.backend.store.present(&BlobRef::chunk(&c)).unwrap());
+        // Still staged in the session: the next commit needs nothing again.
+        assert!(s.received.contains(&BlobRef::chunk(&c)));
         for (t, v) in [(2, 1), (3, pulih_core::formats::CHUNKER_VERSION)] {
             s.commit(&record_with(root, t, v)).unwrap();
         }

@@ -1,21 +1,30 @@
 //! The content-addressed blob store at the DRC.
 //!
 //! ```text
-//! store/FORMAT                 "pulih-store 2" (the layout version)
-//! store/chunks/ab/<id>         one zstd frame, plaintext hashes to <id>
-//! store/trees/ab/<id>          one zstd frame of a tree blob
+//! store/FORMAT                 "pulih-store 3" (the layout version)
+//! store/packs/ab/<name>        pack files: many blobs each (crate::pack)
+//! store/chunks/ab/<id>         a loose blob (layout 2): one zstd frame,
+//!                              plaintext hashes to <id>
+//! store/trees/ab/<id>          a loose tree blob (layout 2)
 //! store/snapshots/<id>         canonical snapshot record (uncompressed)
 //! store/tmp/                   writes in progress; emptied at startup
 //! ```
 //!
-//! Durability: a blob is written to `tmp/`, renamed to its final name, and
-//! only *recorded in the catalog* after [`Store::sync`] (syncfs of the whole
-//! store filesystem) returned success. The catalog, not the file system, says
-//! what is durable: a file under a final name that the catalog does not list
-//! may be a torn leftover of a crash (F1, F2) and is overwritten by the next
-//! upload of that id. One syncfs per batch instead of one fsync per blob
-//! keeps small files cheap without ever acknowledging what is not durable.
-//! A failed sync is fatal (F4): the caller stops instead of retrying.
+//! Durability: upload sessions append blobs to a pack ([`Store::create_pack`]),
+//! seal it, and only *record the blobs in the catalog* after [`Store::sync`]
+//! (syncfs of the whole store filesystem) returned success. The catalog, not
+//! the file system, says what is durable and where: a pack the catalog does
+//! not list as sealed may be a torn leftover of a crash (F1, F2) and is
+//! removed by the server at startup. One syncfs per batch instead of one
+//! fsync per blob keeps small files cheap without ever acknowledging what
+//! is not durable. A failed sync is fatal (F4): the caller stops instead of
+//! retrying.
+//!
+//! Reading asks the store's [`Locate`] (the catalog's `blobs` rows) where a
+//! blob is: a range of a pack, or a loose file of layout 2 (stores written
+//! before packs keep their files; nothing rewrites them). Loose files are
+//! written only by [`Store::put_unsynced`] (tests and tools that build a
+//! store by hand).
 //!
 //! Snapshot records are few and are written with fsync of file and directory.
 //!
@@ -26,14 +35,19 @@
 //! chunk in practice, each a `mkdir` after a failed `rename` and a 4 KiB
 //! block. ext4's hashed directories keep lookups fast with hundreds of
 //! thousands of names per directory, so one level is enough. [`migrate`]
-//! converts a layout-1 store; every other opener refuses one.
+//! converts a layout-1 or layout-2 store (layout 3 adds `packs/`; loose
+//! blobs stay where they are); every other opener refuses one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use pulih_core::{ChunkId, SnapshotId, TreeId};
+
+use crate::pack::{PackId, PackWriter, PackedAt};
 
 /// Kinds of blobs, stored in separate namespaces so a tree can never be
 /// read as a chunk (F21).
@@ -99,10 +113,14 @@ pub enum StoreError {
     Sync { path: PathBuf, source: io::Error },
     #[error("{path} is not a Pulih store (missing or unknown FORMAT file)")]
     NotAStore { path: PathBuf },
-    #[error("the store at {path} uses layout 1 (an older Pulih); `pulih-controller serve` converts it to layout 2 when it starts (stop any running controller first), then this command works again")]
-    OldLayout { path: PathBuf },
+    #[error("the store at {path} uses layout {layout} (an older Pulih); `pulih-controller serve` converts it to layout 3 when it starts (stop any running controller first), then this command works again")]
+    OldLayout { path: PathBuf, layout: u32 },
     #[error("{kind} {id} is missing from the store")]
     Missing { kind: &'static str, id: String },
+    #[error("cannot look up where {kind} {id} is stored: {message}")]
+    Locate { kind: &'static str, id: String, message: String },
+    #[error(transparent)]
+    Pack(#[from] crate::pack::PackError),
 }
 
 impl StoreError {
@@ -112,11 +130,28 @@ impl StoreError {
     }
 }
 
-const FORMAT: &str = "pulih-store 2\n";
+const FORMAT: &str = "pulih-store 3\n";
+const FORMAT_V2: &str = "pulih-store 2\n";
 const FORMAT_V1: &str = "pulih-store 1\n";
 
 /// The store layout written and read by this version.
-pub const LAYOUT: u32 = 2;
+pub const LAYOUT: u32 = 3;
+
+/// Where a blob's stored bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A file of its own under `chunks/` or `trees/` (layout 2).
+    Loose,
+    /// A range of a pack.
+    Packed(PackedAt),
+}
+
+/// Answers where a blob is stored: the catalog's `blobs` row
+/// (crate::catalog::Locator). `Ok(None)`: no row; the store then looks for
+/// a loose file.
+pub trait Locate: Send + Sync + std::fmt::Debug {
+    fn locate(&self, blob: &BlobRef) -> Result<Option<Location>, String>;
+}
 
 /// The 256 fan-out directory names ("00" to "ff").
 fn fanout() -> impl Iterator<Item = String> {
@@ -128,6 +163,14 @@ fn fanout() -> impl Iterator<Item = String> {
 pub struct Store {
     root: PathBuf,
     tmp_seq: AtomicU64,
+    locator: Option<Arc<dyn Locate>>,
+}
+
+/// Directory of pack files.
+const PACKS: &str = "packs";
+
+fn missing(blob: &BlobRef) -> StoreError {
+    StoreError::Missing { kind: blob.kind.name(), id: blob.hex() }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -140,9 +183,9 @@ impl Store {
         for d in ["snapshots", "tmp"] {
             fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
         }
-        for kind in [BlobKind::Chunk, BlobKind::Tree] {
+        for top in [BlobKind::Chunk.dir(), BlobKind::Tree.dir(), PACKS] {
             for sub in fanout() {
-                fs::create_dir_all(root.join(kind.dir()).join(sub)).map_err(io_err(root))?;
+                fs::create_dir_all(root.join(top).join(sub)).map_err(io_err(root))?;
             }
         }
         let fmt = root.join("FORMAT");
@@ -154,10 +197,26 @@ impl Store {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         match fs::read_to_string(root.join("FORMAT")) {
             Ok(s) if s == FORMAT => {}
-            Ok(s) if s == FORMAT_V1 => return Err(StoreError::OldLayout { path: root.to_owned() }),
+            Ok(s) if s == FORMAT_V1 => return Err(StoreError::OldLayout { path: root.to_owned(), layout: 1 }),
+            Ok(s) if s == FORMAT_V2 => return Err(StoreError::OldLayout { path: root.to_owned(), layout: 2 }),
             _ => return Err(StoreError::NotAStore { path: root.to_owned() }),
         }
-        Ok(Self { root: root.to_owned(), tmp_seq: AtomicU64::new(0) })
+        Ok(Self { root: root.to_owned(), tmp_seq: AtomicU64::new(0), locator: None })
+    }
+
+    /// The store, reading blob locations from `locator` (the catalog).
+    /// Without one, only loose files are found.
+    pub fn with_locator(mut self, locator: Arc<dyn Locate>) -> Self {
+        self.locator = Some(locator);
+        self
+    }
+
+    fn locate(&self, blob: &BlobRef) -> Result<Location, StoreError> {
+        let Some(l) = &self.locator else { return Ok(Location::Loose) };
+        match l.locate(blob) {
+            Ok(loc) => Ok(loc.unwrap_or(Location::Loose)),
+            Err(message) => Err(StoreError::Locate { kind: blob.kind.name(), id: blob.hex(), message }),
+        }
     }
 
     /// Removes leftovers of writes interrupted by a crash. Only the server
@@ -222,29 +281,142 @@ impl Store {
         rustix::fs::syncfs(&dir).map_err(|e| StoreError::Sync { path: self.root.clone(), source: e.into() })
     }
 
-    /// Reads a blob's stored bytes. A missing or empty file is `Missing`
-    /// (a 0-byte blob is a torn write, F1).
-    pub fn read(&self, blob: &BlobRef) -> Result<Vec<u8>, StoreError> {
-        let path = self.blob_path(blob);
-        match fs::read(&path) {
-            Ok(b) if !b.is_empty() => Ok(b),
-            Ok(_) => Err(StoreError::Missing { kind: blob.kind.name(), id: blob.hex() }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(StoreError::Missing { kind: blob.kind.name(), id: blob.hex() })
+    /// Path of a pack file.
+    pub fn pack_path(&self, id: &PackId) -> PathBuf {
+        let h = id.hex();
+        self.root.join(PACKS).join(&h[0..2]).join(h)
+    }
+
+    /// Creates a new pack file. The caller recorded the pack as being
+    /// written in the catalog first (crate::pack).
+    pub fn create_pack(&self, id: PackId) -> Result<PackWriter, StoreError> {
+        Ok(PackWriter::create(id, self.pack_path(&id))?)
+    }
+
+    /// Removes a pack file; an absent one is not an error.
+    pub fn remove_pack(&self, id: &PackId) -> Result<(), StoreError> {
+        let p = self.pack_path(id);
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::Io { path: p, source: e }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every pack file's name (one listing of the 256 fan-out directories).
+    pub fn list_packs(&self) -> Result<Vec<PackId>, StoreError> {
+        let mut out = Vec::new();
+        for sub in fanout() {
+            let dir = self.root.join(PACKS).join(sub);
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::Io { path: dir, source: e }),
+            };
+            for e in entries {
+                let e = e.map_err(io_err(&dir))?;
+                if let Some(id) = e.file_name().to_str().and_then(PackId::parse) {
+                    out.push(id);
+                }
             }
+        }
+        Ok(out)
+    }
+
+    /// Where a blob is, as the store's locator says.
+    pub fn location(&self, blob: &BlobRef) -> Result<Location, StoreError> {
+        self.locate(blob)
+    }
+
+    /// Reads a blob's stored bytes. A missing or empty file, or a pack
+    /// shorter than the blob's range, is `Missing` (a torn write, F1).
+    pub fn read(&self, blob: &BlobRef) -> Result<Vec<u8>, StoreError> {
+        match self.locate(blob)? {
+            Location::Loose => self.read_loose(blob),
+            Location::Packed(at) => match self.read_packed(blob, &at) {
+                // Garbage collection may have moved it to another pack
+                // (repacking) after it was located: look once more.
+                Err(StoreError::Missing { .. }) => match self.locate(blob)? {
+                    Location::Packed(again) if again != at => self.read_packed(blob, &again),
+                    Location::Loose => self.read_loose(blob),
+                    _ => Err(missing(blob)),
+                },
+                other => other,
+            },
+        }
+    }
+
+    /// Reads a blob's bytes at a known location.
+    pub fn read_at(&self, blob: &BlobRef, loc: &Location) -> Result<Vec<u8>, StoreError> {
+        match loc {
+            Location::Loose => self.read_loose(blob),
+            Location::Packed(at) => self.read_packed(blob, at),
+        }
+    }
+
+    fn read_packed(&self, blob: &BlobRef, at: &PackedAt) -> Result<Vec<u8>, StoreError> {
+        let path = self.pack_path(&at.pack);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing(blob)),
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let mut buf = vec![0u8; at.len as usize];
+        match f.read_exact_at(&mut buf, at.offset) {
+            Ok(()) if !buf.is_empty() => Ok(buf),
+            Ok(()) => Err(missing(blob)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(missing(blob)),
             Err(e) => Err(StoreError::Io { path, source: e }),
         }
     }
 
-    /// Whether a blob file exists with content (a 0-byte file is a torn
-    /// write and counts as absent, F1).
-    pub fn present(&self, blob: &BlobRef) -> Result<bool, StoreError> {
+    fn read_loose(&self, blob: &BlobRef) -> Result<Vec<u8>, StoreError> {
         let path = self.blob_path(blob);
+        match fs::read(&path) {
+            Ok(b) if !b.is_empty() => Ok(b),
+            Ok(_) => Err(missing(blob)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(missing(blob)),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    /// Whether a blob's bytes exist: a loose file with content (a 0-byte
+    /// file is a torn write and counts as absent, F1), or a pack long
+    /// enough to hold its range.
+    pub fn present(&self, blob: &BlobRef) -> Result<bool, StoreError> {
+        let loc = self.locate(blob)?;
+        if self.present_at(blob, &loc)? {
+            return Ok(true);
+        }
+        // Moved by a pack compaction after it was located: look once more.
+        match self.locate(blob)? {
+            again @ Location::Packed(_) if again != loc => self.present_at(blob, &again),
+            _ => Ok(false),
+        }
+    }
+
+    fn present_at(&self, blob: &BlobRef, loc: &Location) -> Result<bool, StoreError> {
+        let (path, need) = match loc {
+            Location::Loose => (self.blob_path(blob), 1),
+            Location::Packed(at) => (self.pack_path(&at.pack), at.offset + at.len.max(1)),
+        };
         match fs::metadata(&path) {
-            Ok(m) => Ok(m.len() > 0),
+            Ok(m) => Ok(m.len() >= need),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(StoreError::Io { path, source: e }),
         }
+    }
+
+    /// The file and byte range holding a blob (for messages and for tests
+    /// that damage a stored blob on purpose).
+    pub fn blob_bytes(&self, blob: &BlobRef) -> Result<(PathBuf, u64, u64), StoreError> {
+        Ok(match self.locate(blob)? {
+            Location::Loose => {
+                let p = self.blob_path(blob);
+                let len = fs::metadata(&p).map_err(io_err(&p))?.len();
+                (p, 0, len)
+            }
+            Location::Packed(at) => (self.pack_path(&at.pack), at.offset, at.len),
+        })
     }
 
     /// Writes a snapshot record durably (file and directory fsynced).
@@ -259,22 +431,44 @@ impl Store {
     }
 }
 
-/// Converts a layout-1 store at `root` to layout 2: every blob file
-/// `KIND/ab/cd/<id>` is renamed to `KIND/ab/<id>`, the emptied `cd`
-/// directories are removed, the file system is synced, and only then is
-/// `FORMAT` rewritten. Interrupted at any point, the store still says
-/// layout 1 and a new run finishes the job (a rename is atomic: each blob
-/// is in one place or the other). Returns the number of blobs moved, or
-/// `None` when the store already has layout 2.
+/// Converts an older store at `root` to layout 3. From layout 1, every
+/// blob file `KIND/ab/cd/<id>` is renamed to `KIND/ab/<id>`, the emptied
+/// `cd` directories are removed, the file system is synced, and only then
+/// does `FORMAT` say layout 2. From layout 2, the `packs/` directories are
+/// created, synced, and `FORMAT` says layout 3. Interrupted at any point,
+/// the store still says the older layout and a new run finishes the job (a
+/// rename is atomic: each blob is in one place or the other). Returns the
+/// number of blobs moved, or `None` when the store already has layout 3.
 ///
 /// The caller holds the data directory's serve and GC locks, so nothing
 /// else reads or writes the store meanwhile.
 pub fn migrate(root: &Path) -> Result<Option<u64>, StoreError> {
-    match fs::read_to_string(root.join("FORMAT")) {
+    let moved = match fs::read_to_string(root.join("FORMAT")) {
         Ok(s) if s == FORMAT => return Ok(None),
-        Ok(s) if s == FORMAT_V1 => {}
+        Ok(s) if s == FORMAT_V2 => 0,
+        Ok(s) if s == FORMAT_V1 => {
+            let moved = flatten_layout1(root)?;
+            // Every rename durable before FORMAT says layout 2.
+            let dir = File::open(root).map_err(io_err(root))?;
+            rustix::fs::syncfs(&dir).map_err(|e| StoreError::Sync { path: root.to_owned(), source: e.into() })?;
+            write_durable(&root.join("FORMAT"), FORMAT_V2.as_bytes())?;
+            moved
+        }
         _ => return Err(StoreError::NotAStore { path: root.to_owned() }),
+    };
+    // Layout 2 -> 3: the pack directories; loose blobs stay readable.
+    for sub in fanout() {
+        let d = root.join(PACKS).join(sub);
+        fs::create_dir_all(&d).map_err(io_err(&d))?;
     }
+    let dir = File::open(root).map_err(io_err(root))?;
+    rustix::fs::syncfs(&dir).map_err(|e| StoreError::Sync { path: root.to_owned(), source: e.into() })?;
+    write_durable(&root.join("FORMAT"), FORMAT.as_bytes())?;
+    Ok(Some(moved))
+}
+
+/// Layout 1 -> 2: moves every blob up one directory level.
+fn flatten_layout1(root: &Path) -> Result<u64, StoreError> {
     let mut moved = 0u64;
     for kind in [BlobKind::Chunk, BlobKind::Tree] {
         let top = root.join(kind.dir());
@@ -298,11 +492,7 @@ pub fn migrate(root: &Path) -> Result<Option<u64>, StoreError> {
             }
         }
     }
-    // Every rename durable before FORMAT says layout 2.
-    let dir = File::open(root).map_err(io_err(root))?;
-    rustix::fs::syncfs(&dir).map_err(|e| StoreError::Sync { path: root.to_owned(), source: e.into() })?;
-    write_durable(&root.join("FORMAT"), FORMAT.as_bytes())?;
-    Ok(Some(moved))
+    Ok(moved)
 }
 
 /// temp file → write → fsync → rename → fsync directory. The temporary

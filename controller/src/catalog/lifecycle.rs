@@ -491,11 +491,33 @@ impl Catalog {
         stored_len: u64,
         stored_at: i64,
         touched_at: i64,
-    ) -> Result<(), CatalogError> {
+        at: Option<&crate::pack::PackedAt>,
+    ) -> Result<bool, CatalogError> {
+        let (pack, offset) = at.map_or((None, None), |a| (Some(a.pack.0.to_vec()), Some(a.offset as i64)));
+        Ok(tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO blobs (kind, id, raw_len, stored_len, stored_at, touched_at, pack, pack_offset)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                blob.kind.code(),
+                &blob.id[..],
+                raw_len as i64,
+                stored_len as i64,
+                stored_at,
+                touched_at,
+                pack,
+                offset
+            ])?
+            > 0)
+    }
+
+    /// Restores a sealed pack's row.
+    pub fn restore_pack(tx: &Transaction<'_>, id: &crate::pack::PackId, size: u64, created_at: i64) -> Result<(), CatalogError> {
         tx.prepare_cached(
-            "INSERT OR IGNORE INTO blobs (kind, id, raw_len, stored_len, stored_at, touched_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR IGNORE INTO packs (id, state, size, created_at) VALUES (?1, 'sealed', ?2, ?3)",
         )?
-        .execute(params![blob.kind.code(), &blob.id[..], raw_len as i64, stored_len as i64, stored_at, touched_at])?;
+        .execute(params![&id.0[..], size as i64, created_at])?;
         Ok(())
     }
 

@@ -32,6 +32,7 @@ mod drills;
 mod drp;
 mod lifecycle;
 mod overview;
+mod packs;
 mod reports;
 mod schema;
 mod standby;
@@ -42,6 +43,7 @@ pub use drills::{DrillRow, DrillStepRow, DrillSystemRow, SnapshotUsed};
 pub use drp::{DrpVersionRow, LatestSnapshot, NewDrpVersion};
 pub use lifecycle::{DamageRow, GcRunRow, ScrubRunRow};
 pub use overview::{AgentOverview, DatasetOverview, StoreTotals};
+pub use packs::{Locator, PackUsage, PackedBlob};
 pub use reports::DatasetTarget;
 pub use schema::SCHEMA_VERSION;
 pub use standby::{FailoverRow, JobRequest, JobRow, SystemStateRow};
@@ -146,6 +148,16 @@ pub fn rfc3339_ns(ns: i64) -> String {
 /// An open catalog.
 pub struct Catalog {
     conn: Connection,
+}
+
+/// A blob an upload staged, as a checkpoint records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StagedBlob {
+    pub blob: BlobRef,
+    pub raw_len: u64,
+    pub stored_len: u64,
+    /// Where this upload wrote it; `None` when it was already stored.
+    pub at: Option<crate::pack::PackedAt>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -346,23 +358,38 @@ impl Catalog {
         Ok(st.exists(params![agent_id, blob.kind.code(), &blob.id[..]])?)
     }
 
-    /// Records synced blobs and the agent's ownership of them.
-    pub fn record_blobs(
-        tx: &Transaction<'_>,
-        agent_id: i64,
-        blobs: &[(BlobRef, u64, u64)],
-    ) -> Result<(), CatalogError> {
+    /// Records synced blobs, where they are (`None`: staged again but not
+    /// written, the row keeps its location), and the agent's ownership.
+    pub fn record_blobs(tx: &Transaction<'_>, agent_id: i64, blobs: &[StagedBlob]) -> Result<(), CatalogError> {
         let now = now_secs();
         let mut b = tx.prepare_cached(
             // A blob stored again counts as relied on now: garbage
-            // collection keeps it for its grace period (see crate::gc).
-            "INSERT INTO blobs (kind, id, raw_len, stored_len, stored_at, touched_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
-             ON CONFLICT (kind, id) DO UPDATE SET touched_at = max(touched_at, excluded.touched_at)",
+            // collection keeps it for its grace period (see crate::gc). A
+            // new copy (a repair, or two uploads of it at once) becomes the
+            // one read.
+            "INSERT INTO blobs (kind, id, raw_len, stored_len, stored_at, touched_at, pack, pack_offset)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)
+             ON CONFLICT (kind, id) DO UPDATE SET touched_at = max(touched_at, excluded.touched_at),
+                pack = coalesce(excluded.pack, pack),
+                pack_offset = CASE WHEN excluded.pack IS NULL THEN pack_offset ELSE excluded.pack_offset END,
+                stored_len = CASE WHEN excluded.pack IS NULL THEN stored_len ELSE excluded.stored_len END",
         )?;
         let mut a = tx.prepare_cached("INSERT OR IGNORE INTO agent_blobs (agent_id, kind, id) VALUES (?1, ?2, ?3)")?;
-        for (blob, raw, stored) in blobs {
-            b.execute(params![blob.kind.code(), &blob.id[..], *raw as i64, *stored as i64, now])?;
-            a.execute(params![agent_id, blob.kind.code(), &blob.id[..]])?;
+        for s in blobs {
+            let (pack, offset) = match &s.at {
+                Some(at) => (Some(at.pack.0.to_vec()), Some(at.offset as i64)),
+                None => (None, None),
+            };
+            b.execute(params![
+                s.blob.kind.code(),
+                &s.blob.id[..],
+                s.raw_len as i64,
+                s.stored_len as i64,
+                now,
+                pack,
+                offset
+            ])?;
+            a.execute(params![agent_id, s.blob.kind.code(), &s.blob.id[..]])?;
         }
         Ok(())
     }

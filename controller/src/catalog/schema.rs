@@ -13,7 +13,7 @@ use super::CatalogError;
 /// Schema version written by this build.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE, AUDIT, DRP, STANDBY, DRILLS, FORGOTTEN];
+const MIGRATIONS: &[&str] = &[V1, V2, LIFECYCLE, AUDIT, DRP, STANDBY, DRILLS, FORGOTTEN, PACKS];
 
 /// Version 1: agents, certificates, enrollment tokens, blobs, datasets, snapshots.
 const V1: &str = r#"
@@ -288,6 +288,23 @@ CREATE TABLE forgotten_snapshots (
     id           TEXT PRIMARY KEY,
     forgotten_at INTEGER NOT NULL
 );
+"#;
+
+/// Version 9: pack files (store layout 3). A pack's row is written
+/// (`writing`) before its file is created and becomes `sealed` in the
+/// transaction that records its blobs, after the store was synced; a blob's
+/// row says which pack holds it and where (`pack` NULL: a loose file of
+/// layout 2).
+const PACKS: &str = r#"
+CREATE TABLE packs (
+    id         BLOB PRIMARY KEY CHECK (length(id) = 16),
+    state      TEXT NOT NULL CHECK (state IN ('writing', 'sealed')),
+    size       INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+ALTER TABLE blobs ADD COLUMN pack BLOB;
+ALTER TABLE blobs ADD COLUMN pack_offset INTEGER;
+CREATE INDEX blobs_by_pack ON blobs (pack) WHERE pack IS NOT NULL;
 "#;
 
 /// Brings a catalog at version `from` up to [`SCHEMA_VERSION`].

@@ -1,0 +1,187 @@
+//! Pack compaction: the part of garbage collection that gives disk space
+//! back once blob rows are gone (store layout 3, crate::pack).
+//!
+//! GC removes a packed blob by deleting its row; its bytes stay in the pack.
+//! After the sweep:
+//!
+//! * **Orphan files.** A pack file without a catalog row is the leftover of
+//!   a crash after its row was dropped: removed. The store is listed
+//!   *before* the rows are read, and a session commits a pack's row before
+//!   it creates the file, so a pack being written is never taken for one.
+//! * **Empty packs.** A sealed pack no blob row names is dropped (row, then
+//!   file). Rows never move *into* an existing pack (new copies always go to
+//!   a new pack), so an empty pack stays empty.
+//! * **Sparse packs.** A sealed pack whose rows use less than half of it is
+//!   rewritten: its live blobs are read and verified (decompressed and
+//!   rehashed), appended to a new pack recorded as `writing`, the new pack
+//!   is sealed and the store synced; then one write transaction points the
+//!   rows that still name the old pack at their copies, seals the new pack
+//!   and drops the old one; only after the commit is the old file removed.
+//!   A crash before the commit leaves a `writing` pack the server removes
+//!   at start; after it, an orphan file the next run removes. A pack with a
+//!   blob recorded as damaged is left alone (scrub's evidence, and repair
+//!   replaces it). Readers that located a blob in the old pack just before
+//!   the commit look it up again when the file is gone (`Store::read`).
+
+use std::collections::HashSet;
+
+use tracing::{info, warn};
+
+use crate::catalog::{Catalog, CatalogError, PackUsage};
+use crate::gc::GcError;
+use crate::pack::{PackId, PackWriter, PackedAt};
+use crate::reader::ReadError;
+use crate::store::{BlobKind, Location, Store, StoreError};
+use pulih_core::{ChunkId, TreeId};
+
+/// A pack is rewritten when its live rows use less than this share of it.
+const SPARSE_PERCENT: u64 = 50;
+
+/// What compaction did (or, dry, would do).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CompactReport {
+    /// Pack files removed: empty, orphaned, or rewritten.
+    pub packs_removed: u64,
+    /// Sparse packs whose live blobs were copied into a new pack.
+    pub packs_rewritten: u64,
+    /// Live blobs copied.
+    pub blobs_moved: u64,
+    /// Bytes of pack files given back.
+    pub bytes_freed: u64,
+    /// Sparse packs left alone because a blob in them is damaged.
+    pub packs_skipped_damaged: u64,
+}
+
+fn store_err(e: StoreError) -> GcError {
+    GcError::Read(ReadError::Store(e))
+}
+
+/// Whether a pack should be rewritten.
+fn sparse(u: &PackUsage) -> bool {
+    u.live_blobs > 0 && u.live_bytes * 100 < u.size * SPARSE_PERCENT
+}
+
+/// Compacts the store's packs. The caller holds the GC lock.
+pub fn compact_packs(store: &Store, cat: &mut Catalog, dry_run: bool) -> Result<CompactReport, GcError> {
+    let mut report = CompactReport::default();
+    // Listed before the rows are read (see the module doc).
+    let files = store.list_packs().map_err(store_err)?;
+    let known = cat.pack_ids()?;
+    for id in files.iter().filter(|id| !known.contains(id)) {
+        let size = std::fs::metadata(store.pack_path(id)).map(|m| m.len()).unwrap_or(0);
+        report.packs_removed += 1;
+        report.bytes_freed += size;
+        if !dry_run {
+            warn!(pack = %id, "removing a pack file the catalog does not know (left by an interrupted run)");
+            store.remove_pack(id).map_err(store_err)?;
+        }
+    }
+    let on_disk: HashSet<PackId> = files.into_iter().collect();
+    for u in cat.pack_usage()? {
+        if u.live_blobs == 0 {
+            report.packs_removed += 1;
+            report.bytes_freed += u.size;
+            if !dry_run {
+                drop_empty(store, cat, &u.id)?;
+            }
+        } else if sparse(&u) && on_disk.contains(&u.id) {
+            if dry_run {
+                report.packs_rewritten += 1;
+                report.packs_removed += 1;
+                report.blobs_moved += u.live_blobs;
+                report.bytes_freed += u.size - u.live_bytes;
+                continue;
+            }
+            rewrite(store, cat, &u, &mut report)?;
+        }
+    }
+    if report != CompactReport::default() {
+        info!(
+            packs_removed = report.packs_removed,
+            packs_rewritten = report.packs_rewritten,
+            blobs_moved = report.blobs_moved,
+            bytes_freed = report.bytes_freed,
+            dry_run,
+            "packs compacted"
+        );
+    }
+    Ok(report)
+}
+
+fn drop_empty(store: &Store, cat: &mut Catalog, id: &PackId) -> Result<(), GcError> {
+    let tx = cat.immediate()?;
+    let dropped = Catalog::drop_pack_if_unused(&tx, id)?;
+    tx.commit().map_err(CatalogError::from)?;
+    if dropped {
+        store.remove_pack(id).map_err(store_err)?;
+    }
+    Ok(())
+}
+
+fn rewrite(store: &Store, cat: &mut Catalog, u: &PackUsage, report: &mut CompactReport) -> Result<(), GcError> {
+    let live = cat.pack_blobs(&u.id)?;
+    if live.iter().any(|b| b.damaged) {
+        report.packs_skipped_damaged += 1;
+        return Ok(());
+    }
+    // Read and verify everything first: a blob that does not verify stops
+    // the rewrite of this pack before anything is written.
+    let mut frames = Vec::with_capacity(live.len());
+    for b in &live {
+        let frame = store.read_at(&b.blob, &Location::Packed(b.at)).map_err(store_err)?;
+        let ok = match b.blob.kind {
+            BlobKind::Chunk => u32::try_from(b.raw_len)
+                .map_err(|_| ())
+                .and_then(|len| {
+                    pulih_core::codec::open_chunk(&ChunkId::from_bytes(b.blob.id), &frame, len.into()).map_err(|_| ())
+                })
+                .is_ok(),
+            BlobKind::Tree => pulih_core::codec::decompress_bounded(&frame, pulih_core::formats::MAX_TREE_LEN)
+                .is_ok_and(|plain| TreeId::of(&plain).as_bytes() == &b.blob.id),
+        };
+        if !ok {
+            warn!(pack = %u.id, blob = %b.blob.hex(), kind = b.blob.kind.name(), "pack not compacted: a blob in it does not verify (run scrub)");
+            report.packs_skipped_damaged += 1;
+            return Ok(());
+        }
+        frames.push(frame);
+    }
+    let new = PackId::random().map_err(|source| GcError::Io { path: store.root().to_owned(), source })?;
+    cat.pack_begin(&new)?;
+    let mut w: PackWriter = store.create_pack(new).map_err(store_err)?;
+    let mut moved: Vec<PackedAt> = Vec::with_capacity(live.len());
+    for (b, frame) in live.iter().zip(&frames) {
+        moved.push(w.append(b.blob, frame).map_err(|e| store_err(e.into()))?);
+    }
+    let size = w.seal().map_err(|e| store_err(e.into()))?;
+    store.sync().map_err(store_err)?;
+    let tx = cat.immediate()?;
+    let mut n = 0;
+    for (b, to) in live.iter().zip(&moved) {
+        if Catalog::move_blob(&tx, &b.blob, &u.id, to)? {
+            n += 1;
+        }
+    }
+    Catalog::pack_sealed(&tx, &new, size)?;
+    let dropped = Catalog::drop_pack_if_unused(&tx, &u.id)?;
+    tx.commit().map_err(CatalogError::from)?;
+    if dropped {
+        store.remove_pack(&u.id).map_err(store_err)?;
+        report.packs_removed += 1;
+        report.bytes_freed += u.size.saturating_sub(size);
+    }
+    report.packs_rewritten += 1;
+    report.blobs_moved += n;
+    Ok(())
+}
+
+/// Removes packs a crash left in state `writing`: nothing in them was ever
+/// recorded. Only the server calls this, at start, before any session runs.
+pub fn remove_unsealed_packs(store: &Store, cat: &mut Catalog) -> Result<usize, GcError> {
+    let ids = cat.packs_writing()?;
+    for id in &ids {
+        store.remove_pack(id).map_err(store_err)?;
+        cat.forget_pack(id)?;
+    }
+    Ok(ids.len())
+}

@@ -100,8 +100,7 @@ impl DataDir {
     /// Opens the store, finding blobs through the catalog.
     pub fn store(&self) -> Result<Store> {
         self.check_exists()?;
-        let locator = crate::catalog::Locator::new(&self.catalog_path());
-        Ok(Store::open(&self.store_path())?.with_locator(std::sync::Arc::new(locator)))
+        Ok(Store::open_with_catalog(&self.store_path(), &self.catalog_path())?)
     }
 
     /// Converts a layout-1 or layout-2 store to the current layout

@@ -460,7 +460,7 @@ pub fn run_scheduled(
             continue;
         };
         info!("scheduled scrub starting");
-        let res = Store::open(store_root)
+        let res = Store::open_with_catalog(store_root, catalog_path)
             .map_err(ScrubError::from)
             .and_then(|store| Ok((store, Catalog::open(catalog_path)?)))
             .and_then(|(store, mut cat)| scrub_tracked(&store, &mut cat, Some(rate), &stopped, &slot.progress));

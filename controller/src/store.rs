@@ -204,6 +204,12 @@ impl Store {
         Ok(Self { root: root.to_owned(), tmp_seq: AtomicU64::new(0), locator: None })
     }
 
+    /// Opens an existing store that finds blobs through the catalog at
+    /// `catalog` (how every command of the controller opens it).
+    pub fn open_with_catalog(root: &Path, catalog: &Path) -> Result<Self, StoreError> {
+        Ok(Self::open(root)?.with_locator(Arc::new(crate::catalog::Locator::new(catalog))))
+    }
+
     /// The store, reading blob locations from `locator` (the catalog).
     /// Without one, only loose files are found.
     pub fn with_locator(mut self, locator: Arc<dyn Locate>) -> Self {

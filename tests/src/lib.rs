@@ -5,6 +5,8 @@
 //! has integration tests of its own, which makes cargo build it); they are
 //! found next to the test executable's `deps/` directory.
 
+pub mod stored;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;

@@ -106,7 +106,7 @@ fn prune_forget_gc_over_pulihctl() {
     assert_eq!(left, ids[3..].to_vec());
 
     // Forget one more through pulihctl (by prefix), then collect.
-    let stored_before = store_bytes(&ctl.dir.join("store/chunks"));
+    let stored_before = pulih_e2e::stored::store_bytes(&ctl.dir);
     let out = ok(&mut ctl.pulihctl(&coord, &["forget", &ids[3][..10]]));
     assert!(out.contains("1 snapshot(s) forgotten") && out.contains(&ids[3][..12]), "{out}");
     let o = run(&mut ctl.pulihctl(&coord, &["forget", &ids[3]]));
@@ -119,7 +119,7 @@ fn prune_forget_gc_over_pulihctl() {
     // Each forgotten snapshot had one chunk-set of its own (changing.bin).
     assert!(gc["chunks_removed"].as_u64().unwrap() >= 4, "{gc:#}");
     assert!(gc["bytes_removed"].as_u64().unwrap() >= 4 * 300_000, "{gc:#}");
-    assert!(store_bytes(&ctl.dir.join("store/chunks")) < stored_before - 1_000_000);
+    assert!(pulih_e2e::stored::store_bytes(&ctl.dir) < stored_before - 1_000_000);
     let human = ok(&mut ctl.pulihctl(&coord, &["gc"]));
     assert!(human.contains("removed 0 tree(s) and 0 chunk(s)"), "nothing left to free: {human}");
     assert!(run(&mut ctl.cmd(&["verify", "--all"])).status.success());
@@ -136,40 +136,6 @@ fn prune_forget_gc_over_pulihctl() {
     let m = m.as_str().unwrap();
     assert!(m.contains("pulih_prune_last_removed_snapshots 3"), "{m}");
     assert!(m.contains("pulih_prune_last_finished_timestamp_seconds 1"), "{m}");
-}
-
-fn store_bytes(dir: &Path) -> u64 {
-    let mut n = 0;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            } else {
-                n += m.len();
-            }
-        }
-    }
-    n
-}
-
-fn largest_file(dir: &Path) -> std::path::PathBuf {
-    let mut best: Option<(u64, std::path::PathBuf)> = None;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if best.as_ref().is_none_or(|b| m.len() > b.0) {
-                best = Some((m.len(), e.path()));
-            }
-        }
-    }
-    best.unwrap().1
 }
 
 /// F22 over the API: a scrub started with pulihctl finds a flipped byte,
@@ -210,12 +176,9 @@ fn f22_scrub_over_pulihctl_finds_a_flipped_byte() {
     // A clean scrub, then a flipped byte.
     let o = run(&mut ctl.pulihctl(&coord, &["scrub", "--wait"]));
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-    let victim = largest_file(&ctl.dir.join("store/chunks"));
-    let blob = victim.file_name().unwrap().to_str().unwrap().to_owned();
-    let mut b = fs::read(&victim).unwrap();
-    let mid = b.len() / 2;
-    b[mid] ^= 0x01;
-    fs::write(&victim, b).unwrap();
+    let victim = pulih_e2e::stored::largest_chunk(&ctl.dir);
+    let blob = victim.id.clone();
+    victim.flip();
     let o = run(&mut ctl.pulihctl(&coord, &["scrub", "--wait"]));
     assert_eq!(o.status.code(), Some(2), "damage found: {}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("damage"), "{}", stdout(&o));
@@ -248,7 +211,7 @@ fn scheduled_prune_and_gc_run_inside_serve() {
     ctl.stop();
     set_retention(&ctl, "[[retention]]\nagent = \"*\"\ndataset = \"*\"\nkeep_last = 1\n");
     ctl.edit_config(|t| t.replace("interval = \"1d\"", "interval = \"2s\""));
-    let stored_before = store_bytes(&ctl.dir.join("store/chunks"));
+    let stored_before = pulih_e2e::stored::store_bytes(&ctl.dir);
     ctl.serve();
     let done = pulih_e2e::wait_until(Duration::from_secs(60), || {
         let rows = audit_rows(&ctl);
@@ -268,7 +231,7 @@ fn scheduled_prune_and_gc_run_inside_serve() {
     assert_eq!(detail["removed"].as_array().unwrap().len(), 3, "{detail}");
     // The GC that followed (perhaps the next one) freed the three snapshots' own chunks.
     assert!(pulih_e2e::wait_until(Duration::from_secs(20), || {
-        store_bytes(&ctl.dir.join("store/chunks")) < stored_before - 900_000
+        pulih_e2e::stored::store_bytes(&ctl.dir) < stored_before - 900_000
     }));
     assert!(ctl.log().contains("scheduled prune done") && ctl.log().contains("scheduled garbage collection done"));
     let (_, m) = ctl.http("GET", "/metrics", None, None);

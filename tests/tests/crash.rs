@@ -6,46 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pulih_e2e::stored::{store_bytes, stored_blob, stored_blobs};
 use pulih_e2e::{assert_same_tree, bin, bytes, ok, run, Controller};
-
-fn count_blobs(dir: &Path) -> usize {
-    fn walk(p: &Path, n: &mut usize) {
-        if let Ok(rd) = fs::read_dir(p) {
-            for e in rd.flatten() {
-                let ft = e.file_type().unwrap();
-                if ft.is_dir() {
-                    walk(&e.path(), n);
-                } else {
-                    *n += 1;
-                }
-            }
-        }
-    }
-    let mut n = 0;
-    walk(&dir.join("store/chunks"), &mut n);
-    n
-}
-
-fn all_chunk_files(dir: &Path) -> Vec<PathBuf> {
-    all_blob_files(dir, "chunks")
-}
-
-fn all_blob_files(dir: &Path, kind: &str) -> Vec<PathBuf> {
-    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-        for e in fs::read_dir(p).unwrap().flatten() {
-            if e.file_type().unwrap().is_dir() {
-                walk(&e.path(), out);
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dir.join("store").join(kind), &mut out);
-    out.retain(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.len() == 64));
-    out.sort();
-    out
-}
 
 fn make_source(src: &Path, files: usize, size: usize, seed: u64) -> u64 {
     fs::create_dir_all(src).unwrap();
@@ -85,11 +47,12 @@ fn f6_controller_killed_mid_upload_resumes_without_partial_snapshots() {
     for round in 0..3u64 {
         let total = make_source(&src.join(format!("r{round}")), 40, 1_000_000, round * 1000);
         let before = ctl.snapshots().len();
-        let blobs_before = count_blobs(&ctl.dir);
+        let stored_before = store_bytes(&ctl.dir);
         let child = agent.cmd(&["snapshot", "--json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-        // Kill once some chunks are on disk but (most likely) before the commit.
+        // Kill once some chunks are on disk but (most likely) before the
+        // commit: 20-30 of the round's 40 MB (incompressible) written.
         wait_for("upload to start", Duration::from_secs(60), || {
-            count_blobs(&ctl.dir) > blobs_before + 40 + round as usize * 10
+            store_bytes(&ctl.dir) > stored_before + 20_000_000 + round * 5_000_000
         });
         ctl.kill();
         assert_eq!(ctl.snapshots().len(), before, "round {round}: a snapshot became visible without its commit");
@@ -126,7 +89,7 @@ fn f11_agent_killed_mid_upload_next_snapshot_resends_only_missing() {
     let agent = ctl.enroll(tmp.path(), "opd");
     agent.add_dataset("d", &[&src], &[]);
     let mut child = agent.cmd(&["snapshot"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    wait_for("upload to start", Duration::from_secs(60), || count_blobs(&ctl.dir) > 20);
+    wait_for("upload to start", Duration::from_secs(60), || store_bytes(&ctl.dir) > 12_000_000);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(ctl.snapshots().is_empty(), "a killed upload left a snapshot");
@@ -156,23 +119,19 @@ fn f22_damaged_chunks_are_named_by_verify_and_refused_by_restore() {
     let snap = agent.snapshot();
     ok(&mut ctl.cmd(&["verify", "--all"]));
 
-    let chunks = all_chunk_files(&ctl.dir);
+    let chunks = stored_blobs(&ctl.dir, false);
     assert_eq!(chunks.len(), 3);
-    // Flip one byte in the middle, truncate another, empty the third (F1).
-    let mut b = fs::read(&chunks[0]).unwrap();
-    let mid = b.len() / 2;
-    b[mid] ^= 0x40;
-    fs::write(&chunks[0], b).unwrap();
-    let b = fs::read(&chunks[1]).unwrap();
-    fs::write(&chunks[1], &b[..b.len() - 7]).unwrap();
-    fs::write(&chunks[2], b"").unwrap();
+    // Flip one byte in the middle, tear the end of another, zero the whole
+    // third: what a torn or lost write leaves in a pack (F1).
+    chunks[0].flip();
+    chunks[1].zero_tail(7);
+    chunks[2].zero_tail(chunks[2].len);
 
     let out = run(&mut ctl.cmd(&["verify", &snap.id]));
     assert_eq!(out.status.code(), Some(2), "verify must fail on damage");
     let text = String::from_utf8_lossy(&out.stdout);
     for (i, c) in chunks.iter().enumerate() {
-        let id = c.file_name().unwrap().to_str().unwrap();
-        assert!(text.contains(id), "chunk {i} {id} not named:\n{text}");
+        assert!(text.contains(&c.id), "chunk {i} {} not named:\n{text}", c.id);
     }
     for name in ["victim-a", "victim-b", "victim-c"] {
         assert!(text.contains(name), "{name} not named:\n{text}");
@@ -185,10 +144,10 @@ fn f22_damaged_chunks_are_named_by_verify_and_refused_by_restore() {
     assert!(err.contains("victim-") && err.contains("damaged") || err.contains("missing"), "{err}");
 }
 
-/// F21: type confusion in the store. A tree's stored bytes planted under a
-/// chunk's name, and a chunk's under a tree's name, are both well-formed
-/// zstd frames of the right kind of size: verify still finds both (the
-/// content does not hash to the name, or does not decode as a tree), names
+/// F21: type confusion in the store. The catalog made to locate a chunk at
+/// a tree's stored bytes, and a tree at a chunk's: both are well-formed
+/// zstd frames of the right kind of size; verify still finds both (the
+/// content does not hash to the id, or does not decode as a tree), names
 /// them, and a restore refuses them.
 #[test]
 fn f21_a_tree_planted_as_a_chunk_and_a_chunk_as_a_tree_are_found() {
@@ -203,21 +162,19 @@ fn f21_a_tree_planted_as_a_chunk_and_a_chunk_as_a_tree_are_found() {
     let snap = agent.snapshot();
     ok(&mut ctl.cmd(&["verify", "--all"]));
 
-    let chunks = all_chunk_files(&ctl.dir);
-    let trees = all_blob_files(&ctl.dir, "trees");
+    let chunks = stored_blobs(&ctl.dir, false);
+    let trees = stored_blobs(&ctl.dir, true);
     assert_eq!(chunks.len(), 2, "{chunks:?}");
     assert!(trees.len() >= 2, "{trees:?}");
-    let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_owned();
-    let confused = |victim: &Path, planted: &Path, what: &str| {
-        let original = fs::read(victim).unwrap();
-        fs::copy(planted, victim).unwrap();
+    let confused = |victim: &pulih_e2e::stored::StoredBlob, planted: &pulih_e2e::stored::StoredBlob, what: &str| {
+        victim.relocate_to(&ctl.dir, planted);
         let out = run(&mut ctl.cmd(&["verify", &snap.id]));
         assert_eq!(out.status.code(), Some(2), "verify must fail on {what}");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains(&name(victim)), "{what}: not named:\n{text}");
-        let out = ctl.restore(&snap.id, Some(&src), &tmp.path().join(format!("r-{}", name(victim))));
+        assert!(text.contains(&victim.id), "{what}: not named:\n{text}");
+        let out = ctl.restore(&snap.id, Some(&src), &tmp.path().join(format!("r-{}", victim.id)));
         assert!(!out.status.success(), "{what}: a restore through it must fail");
-        fs::write(victim, original).unwrap();
+        victim.relocate_back(&ctl.dir);
         ok(&mut ctl.cmd(&["verify", &snap.id]));
     };
     confused(&chunks[0], &trees[0], "a tree's frame under a chunk's name");
@@ -269,10 +226,11 @@ fn f5_disk_full_at_the_controller_loses_nothing_committed() {
     let _ = bin("pulih-controller");
 }
 
-/// F15, F7: a chunk the catalog believes stored has vanished from the store.
-/// The agent's next snapshot that touches the directory is refused with
-/// "missing reference", retries without its change cache, re-uploads the
-/// chunk, and the earlier snapshot becomes whole again.
+/// F15, F7: a chunk the catalog believes stored has vanished from the store
+/// (here with the whole pack file holding it). The agent's next snapshot
+/// that touches the directory is refused with "missing reference", retries
+/// without its change cache, re-uploads what is gone, and the new snapshot
+/// is whole; the old one stays reported damaged.
 #[test]
 fn f15_vanished_base_chunk_forces_reupload() {
     let tmp = tempfile::tempdir().unwrap();
@@ -284,10 +242,11 @@ fn f15_vanished_base_chunk_forces_reupload() {
     let agent = ctl.enroll(tmp.path(), "opd");
     agent.add_dataset("d", &[&src], &[]);
     let first = agent.snapshot();
-    // Lose the chunk of the unchanged file.
+    // Lose the pack holding the chunk of the unchanged file.
     let stable_chunk = pulih_core::ChunkId::of(&bytes(5, 200_000)).to_hex();
-    let victim = all_chunk_files(&ctl.dir).into_iter().find(|p| p.ends_with(&stable_chunk)).expect("stable's chunk");
-    fs::remove_file(&victim).unwrap();
+    let victim = stored_blob(&ctl.dir, false, &stable_chunk);
+    assert!(victim.pack.is_some(), "new blobs are packed");
+    fs::remove_file(&victim.path).unwrap();
     assert_eq!(run(&mut ctl.cmd(&["verify", &first.id])).status.code(), Some(2));
     // A sibling changes, so the directory's tree is uploaded again.
     fs::write(src.join("changing"), bytes(7, 1000)).unwrap();
@@ -296,8 +255,12 @@ fn f15_vanished_base_chunk_forces_reupload() {
     let v: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(v["attempts"], 2, "{v}");
-    assert!(victim.exists(), "the vanished chunk was not uploaded again");
-    ok(&mut ctl.cmd(&["verify", "--all"]));
+    let again = stored_blob(&ctl.dir, false, &stable_chunk);
+    assert!(again.path.exists() && again.path != victim.path, "the vanished chunk was not uploaded again");
+    let second = v["id"].as_str().unwrap().to_owned();
+    ok(&mut ctl.cmd(&["verify", &second]));
     let dest = tmp.path().join("r");
-    assert!(ctl.restore(&first.id, Some(&src.join("stable")), &dest).status.success());
+    assert!(ctl.restore(&second, Some(&src), &dest).status.success());
+    assert_same_tree(&src, &dest);
+    assert_eq!(run(&mut ctl.cmd(&["verify", &first.id])).status.code(), Some(2));
 }

@@ -57,25 +57,6 @@ fn steps_of(show: &Value, name: &str) -> Vec<(i64, String, String, String)> {
         .collect()
 }
 
-fn largest_file(dir: &Path) -> PathBuf {
-    let mut best: Option<(u64, PathBuf)> = None;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let len = fs::metadata(&p).unwrap().len();
-                if best.as_ref().is_none_or(|(l, _)| len > *l) {
-                    best = Some((len, p));
-                }
-            }
-        }
-    }
-    best.unwrap().1
-}
-
 /// A health check that fails with its output in the report; an RTO target
 /// missed (partial, by how much); systems in dependency order; a damaged
 /// snapshot failing at verification with the file named; systems check
@@ -207,11 +188,7 @@ fn drills_report_failures_missed_targets_and_dependency_order() {
     assert_eq!(missing.status.code(), Some(1), "{}", stdout(&missing));
 
     // A damaged chunk: the drill fails at verification and names the file.
-    let victim = largest_file(&ctl.dir.join("store/chunks"));
-    let mut data = fs::read(&victim).unwrap();
-    let n = data.len() / 2;
-    data[n] ^= 1;
-    fs::write(&victim, data).unwrap();
+    pulih_e2e::stored::largest_chunk(&ctl.dir).flip();
     let (code, show, _) = ctl.drill_run(&token, &["hurt"]);
     assert_eq!(code, 2);
     let s = system_of(&show, "hurt");

@@ -202,30 +202,6 @@ fn retention_dry_run_equals_the_real_run() {
     assert_eq!(actions, ["prune", "prune", "forget"], "{actions:?}");
 }
 
-fn largest_file(dir: &Path) -> PathBuf {
-    let mut best: Option<(u64, PathBuf)> = None;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if best.as_ref().is_none_or(|b| m.len() > b.0) {
-                best = Some((m.len(), e.path()));
-            }
-        }
-    }
-    best.unwrap().1
-}
-
-fn flip_byte(p: &Path) {
-    let mut b = fs::read(p).unwrap();
-    let n = b.len() / 2;
-    b[n] ^= 0x01;
-    fs::write(p, b).unwrap();
-}
-
 /// F22: a flipped byte in a stored chunk is found by scrub (exit 2, naming
 /// the blob and the snapshot); `snapshots` and `verify` show the snapshot
 /// damaged; the agent's next snapshot resends the chunk and repairs it.
@@ -241,9 +217,9 @@ fn f22_flipped_chunk_found_by_scrub_and_repaired_from_the_agent() {
     let clean = run(&mut ctl.cmd(&["scrub"]));
     assert_eq!(clean.status.code(), Some(0), "{}", String::from_utf8_lossy(&clean.stderr));
 
-    let victim = largest_file(&ctl.dir.join("store/chunks"));
-    let blob = victim.file_name().unwrap().to_str().unwrap().to_owned();
-    flip_byte(&victim);
+    let victim = pulih_e2e::stored::largest_chunk(&ctl.dir);
+    let blob = victim.id.clone();
+    victim.flip();
     let out = run(&mut ctl.cmd(&["scrub", "--json", "--rate", "100MiB"]));
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let r = json(&String::from_utf8_lossy(&out.stdout));
@@ -290,8 +266,7 @@ fn unrepairable_tree_marks_its_snapshots_damaged() {
     mutate(&src, 0);
     let id = agent.snapshot().id;
     let root = ctl.snapshots()[0]["root_tree"].as_str().unwrap().to_owned();
-    let path = ctl.dir.join("store/trees").join(&root[0..2]).join(&root);
-    flip_byte(&path);
+    pulih_e2e::stored::stored_blob(&ctl.dir, true, &root).flip();
     let out = run(&mut ctl.cmd(&["scrub", "--json"]));
     assert_eq!(out.status.code(), Some(2));
     let r = json(&String::from_utf8_lossy(&out.stdout));
@@ -434,25 +409,13 @@ fn f5_disk_full_during_gc_leaves_store_and_catalog_consistent() {
     assert!(!failures.is_empty(), "the disk was never full enough to stop GC");
     // Consistency whatever happened: every row has its file, verify passes.
     fs::remove_file(mnt.join("filler")).unwrap();
-    let conn = rusqlite::Connection::open(ctl.dir.join("catalog.db")).unwrap();
-    let mut st = conn.prepare("SELECT kind, hex(id) FROM blobs").unwrap();
-    let rows: Vec<(i64, String)> = st
-        .query_map([], |r| Ok((r.get(0)?, r.get::<_, String>(1)?.to_lowercase())))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for (kind, id) in &rows {
-        let dir = if *kind == 1 { "chunks" } else { "trees" };
-        let p = ctl.dir.join("store").join(dir).join(&id[0..2]).join(id);
-        assert!(
-            p.exists()
-                || ctl
-                    .dir
-                    .join("store/gc-trash")
-                    .join(format!("{}-{id}", if *kind == 1 { "chunk" } else { "tree" }))
-                    .exists(),
-            "row without file: {id}"
-        );
+    for tree in [false, true] {
+        for b in pulih_e2e::stored::stored_blobs(&ctl.dir, tree) {
+            let len = fs::metadata(&b.path).map_or(0, |m| m.len());
+            let kind = if tree { "tree" } else { "chunk" };
+            let in_trash = ctl.dir.join("store/gc-trash").join(format!("{kind}-{}", b.id)).exists();
+            assert!(len >= b.offset + b.len || in_trash, "row without its bytes: {b:?}");
+        }
     }
     ok(&mut ctl.cmd(&["gc", "--grace", "0s"]));
     assert!(run(&mut ctl.cmd(&["verify", "--all"])).status.success());
@@ -475,7 +438,7 @@ fn f22_scheduled_scrub_inside_serve_finds_damage() {
     agent.add_dataset("www", &[&src], &[]);
     mutate(&src, 0);
     agent.snapshot();
-    flip_byte(&largest_file(&ctl.dir.join("store/chunks")));
+    pulih_e2e::stored::largest_chunk(&ctl.dir).flip();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let damage = json(&ok(&mut ctl.cmd(&["damage", "--json"])));

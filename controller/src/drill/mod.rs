@@ -234,7 +234,7 @@ impl Engine {
         names: &BTreeSet<SystemName>,
         plan: select::Plan,
     ) -> &'static str {
-        let store = match Store::open(&self.store_path) {
+        let store = match Store::open_with_catalog(&self.store_path, &self.catalog_path) {
             Ok(s) => s,
             Err(e) => return self.abort(id, &format!("cannot open the store: {e}")),
         };

@@ -185,3 +185,133 @@ pub fn remove_unsealed_packs(store: &Store, cat: &mut Catalog) -> Result<usize, 
     }
     Ok(ids.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Locator, StagedBlob};
+    use crate::store::BlobRef;
+    use std::sync::Arc;
+
+    struct Fx {
+        _dir: tempfile::TempDir,
+        store: Store,
+        cat: Catalog,
+    }
+
+    fn fx() -> Fx {
+        let dir = tempfile::tempdir().unwrap();
+        let cat_path = dir.path().join("c.db");
+        let cat = Catalog::create(&cat_path, "drc").unwrap();
+        let store = Store::create(&dir.path().join("s")).unwrap().with_locator(Arc::new(Locator::new(&cat_path)));
+        Fx { _dir: dir, store, cat }
+    }
+
+    /// Writes chunks of `data` into one new pack as a session does; returns their refs.
+    fn pack_of(f: &mut Fx, data: &[Vec<u8>]) -> (PackId, Vec<BlobRef>) {
+        let id = PackId::random().unwrap();
+        f.cat.pack_begin(&id).unwrap();
+        let mut w = f.store.create_pack(id).unwrap();
+        let mut staged = Vec::new();
+        for d in data {
+            let blob = BlobRef::chunk(&ChunkId::of(d));
+            let frame = pulih_core::codec::compress(d, 1);
+            let at = w.append(blob, &frame).unwrap();
+            staged.push(StagedBlob { blob, raw_len: d.len() as u64, stored_len: frame.len() as u64, at: Some(at) });
+        }
+        let size = w.seal().unwrap();
+        f.store.sync().unwrap();
+        let tx = f.cat.transaction().unwrap();
+        Catalog::pack_sealed(&tx, &id, size).unwrap();
+        Catalog::record_blobs(&tx, 1, &staged).unwrap();
+        tx.commit().unwrap();
+        (id, staged.iter().map(|s| s.blob).collect())
+    }
+
+    fn forget(f: &mut Fx, blobs: &[BlobRef]) {
+        let tx = f.cat.transaction().unwrap();
+        Catalog::forget_blobs(&tx, blobs).unwrap();
+        tx.commit().unwrap();
+    }
+
+    fn data(n: u64, len: usize) -> Vec<u8> {
+        crate::gc::tests_support::bytes(n, len)
+    }
+
+    #[test]
+    fn empty_packs_go_sparse_ones_are_rewritten_and_every_live_blob_still_reads() {
+        let mut f = fx();
+        let a: Vec<Vec<u8>> = (0..4).map(|i| data(i, 20_000)).collect();
+        let b: Vec<Vec<u8>> = (10..14).map(|i| data(i, 20_000)).collect();
+        let c: Vec<Vec<u8>> = (20..24).map(|i| data(i, 20_000)).collect();
+        let (pa, ra) = pack_of(&mut f, &a);
+        let (pb, rb) = pack_of(&mut f, &b);
+        let (pc, rc) = pack_of(&mut f, &c);
+        forget(&mut f, &ra); // pack a: empty
+        forget(&mut f, &rb[..3]); // pack b: 1 of 4 live -> sparse
+        forget(&mut f, &rc[..1]); // pack c: 3 of 4 live -> kept as is
+        let dry = compact_packs(&f.store, &mut f.cat, true).unwrap();
+        assert_eq!((dry.packs_removed, dry.packs_rewritten, dry.blobs_moved), (2, 1, 1));
+        assert!(f.store.pack_path(&pa).exists(), "a dry run removes nothing");
+
+        let r = compact_packs(&f.store, &mut f.cat, false).unwrap();
+        assert_eq!((r.packs_removed, r.packs_rewritten, r.blobs_moved, r.packs_skipped_damaged), (2, 1, 1, 0));
+        assert!(r.bytes_freed > 100_000, "{r:?}");
+        assert!(!f.store.pack_path(&pa).exists() && !f.store.pack_path(&pb).exists());
+        assert!(f.store.pack_path(&pc).exists());
+        let ids = f.cat.pack_ids().unwrap();
+        assert!(!ids.contains(&pa) && !ids.contains(&pb) && ids.contains(&pc) && ids.len() == 2);
+        for (blob, d) in rb[3..].iter().zip(&b[3..]).chain(rc[1..].iter().zip(&c[1..])) {
+            let got = crate::reader::load_chunk(&f.store, &ChunkId::from_bytes(blob.id), d.len() as u32).unwrap();
+            assert_eq!(&got, d);
+        }
+        assert!(f.cat.packs_writing().unwrap().is_empty());
+        // Nothing left to do.
+        assert_eq!(compact_packs(&f.store, &mut f.cat, false).unwrap(), CompactReport::default());
+    }
+
+    #[test]
+    fn a_pack_with_a_damaged_blob_is_not_rewritten() {
+        let mut f = fx();
+        let a: Vec<Vec<u8>> = (0..4).map(|i| data(i, 20_000)).collect();
+        let (pa, ra) = pack_of(&mut f, &a);
+        forget(&mut f, &ra[..3]);
+        // The live blob's bytes rot.
+        let (path, offset, len) = f.store.blob_bytes(&ra[3]).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(offset + len / 2) as usize] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let r = compact_packs(&f.store, &mut f.cat, false).unwrap();
+        assert_eq!((r.packs_rewritten, r.packs_skipped_damaged), (0, 1));
+        assert!(f.store.pack_path(&pa).exists());
+        assert!(f.cat.packs_writing().unwrap().is_empty(), "no new pack was started");
+    }
+
+    /// F1, F2, F3 for packs: a pack still `writing` (crash mid-upload) is
+    /// removed at server start with its row; a pack file without a row
+    /// (crash after compaction dropped the row) is removed by the next GC;
+    /// a pack being written by a live session has a row and is left alone.
+    #[test]
+    fn f3_unsealed_and_orphaned_packs_are_removed_and_live_ones_kept() {
+        let mut f = fx();
+        let (sealed, _) = pack_of(&mut f, &[data(1, 1000)]);
+        let torn = PackId::random().unwrap();
+        f.cat.pack_begin(&torn).unwrap();
+        let mut w = f.store.create_pack(torn).unwrap();
+        w.append(BlobRef::chunk(&ChunkId::of(b"x")), b"half").unwrap();
+        drop(w);
+        let orphan = PackId::random().unwrap();
+        std::fs::write(f.store.pack_path(&orphan), b"PULIHPK1 leftover").unwrap();
+
+        // GC: the orphan goes; the `writing` pack may be a live upload.
+        let r = compact_packs(&f.store, &mut f.cat, false).unwrap();
+        assert_eq!(r.packs_removed, 1);
+        assert!(!f.store.pack_path(&orphan).exists());
+        assert!(f.store.pack_path(&torn).exists() && f.store.pack_path(&sealed).exists());
+        // Server start: the `writing` one goes too.
+        assert_eq!(remove_unsealed_packs(&f.store, &mut f.cat).unwrap(), 1);
+        assert!(!f.store.pack_path(&torn).exists());
+        assert!(f.cat.packs_writing().unwrap().is_empty());
+        assert_eq!(f.store.list_packs().unwrap(), vec![sealed]);
+    }
+}

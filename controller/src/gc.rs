@@ -77,6 +77,11 @@
 //! file briefly absent while its row is still visible; upload sessions then
 //! ask for the blob again, and scrub re-checks under the write lock.)
 //!
+//! Blobs in pack files (store layout 3) have no file of their own: the
+//! sweep deletes their rows only, and [`crate::compact`] then removes packs
+//! no row names and rewrites sparse ones, after the sweep, with the same
+//! rule (a row never points at bytes that are gone for good).
+//!
 //! Memory: the marked set holds 32 bytes plus hash-set overhead per
 //! reachable blob (about 80 bytes; 8 GiB of RAM per 100 million blobs).
 

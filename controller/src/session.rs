@@ -659,6 +659,12 @@ mod tests {
         });
         assert!(!full.fatal);
         assert!(full.message.contains("disk is full"), "{}", full.message);
+        let pack = SessionError::from(StoreError::Pack(crate::pack::PackError::Io {
+            path: "/s/packs/ab/ab01".into(),
+            source: std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()),
+        }));
+        assert!(!pack.fatal);
+        assert!(pack.message.contains("disk is full") && pack.message.contains("ab01"), "{}", pack.message);
     }
 }
 

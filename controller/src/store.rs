@@ -126,7 +126,11 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the disk is full (reported distinctly to operators).
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, StoreError::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()))
+        let full = |e: &io::Error| e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error());
+        match self {
+            StoreError::Io { source, .. } | StoreError::Pack(crate::pack::PackError::Io { source, .. }) => full(source),
+            _ => false,
+        }
     }
 }
 

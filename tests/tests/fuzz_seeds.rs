@@ -198,6 +198,15 @@ fn generate() -> Vec<(String, String, Vec<u8>)> {
     w.finish(root_key).unwrap().install(&SnapshotId::of(b"snap"), &pack).unwrap();
     seeds.put("cache_pack", "two-records", &fs::read(&pack).unwrap());
 
+    let store_pack = dir.path().join("store.pack");
+    let mut w = pulih_controller::pack::PackWriter::create(pulih_controller::pack::PackId([7; 16]), store_pack.clone())
+        .unwrap();
+    let chunk = codec::compress(b"a chunk in a pack", 1);
+    w.append(pulih_controller::store::BlobRef::chunk(&ChunkId::of(b"a chunk in a pack")), &chunk).unwrap();
+    w.append(pulih_controller::store::BlobRef::tree(&tree_id), &codec::compress(&tree_bytes, 1)).unwrap();
+    w.seal().unwrap();
+    seeds.put("store_pack", "chunk-and-tree", &fs::read(&store_pack).unwrap());
+
     for (name, text) in
         [("duration", "1h30m"), ("ms", "500ms"), ("days", "7d"), ("size", "50MiB"), ("offset", "+07:00")]
     {
@@ -268,6 +277,12 @@ fn accepts(target: &str, data: &[u8]) -> bool {
                 Ok(Some(pack)) => matches!(pack.get(&pack.root), Ok(Some(_))),
                 _ => false,
             }
+        }
+        "store_pack" => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p");
+            fs::write(&path, data).unwrap();
+            pulih_controller::pack::read_index(&path).is_ok_and(|e| !e.is_empty())
         }
         "units" => text().is_some_and(|t| {
             pulih_core::units::parse_duration(t).is_ok()

@@ -4,21 +4,27 @@
 //! GC removes a packed blob by deleting its row; its bytes stay in the pack.
 //! After the sweep:
 //!
-//! * **Orphan files.** A pack file without a catalog row is the leftover of
-//!   a crash after its row was dropped: removed. The store is listed
-//!   *before* the rows are read, and a session commits a pack's row before
-//!   it creates the file, so a pack being written is never taken for one.
-//! * **Empty packs.** A sealed pack no blob row names is dropped (row, then
-//!   file). Rows never move *into* an existing pack (new copies always go to
-//!   a new pack), so an empty pack stays empty.
+//! * **Dropping a pack** takes three steps: a write transaction marks it
+//!   `dropped` (only if no blob row names it), the file is removed, the row
+//!   is deleted. A crash between them leaves a `dropped` row, finished by
+//!   the next run.
+//! * **Unknown files.** A pack file the catalog has no row for at all is
+//!   never removed: it may hold the only copy of snapshots an older
+//!   `catalog.db` put back does not know (F18), which `rebuild-catalog` can
+//!   recover. It is reported (`packs_unknown`) and logged. The store is
+//!   listed *before* the rows are read, and a session commits a pack's row
+//!   before it creates the file, so a pack being written is never counted.
+//! * **Empty packs.** A sealed pack no blob row names is dropped. Rows never
+//!   move *into* an existing pack (new copies always go to a new pack), so
+//!   an empty pack stays empty.
 //! * **Sparse packs.** A sealed pack whose rows use less than half of it is
 //!   rewritten: its live blobs are read and verified (decompressed and
 //!   rehashed), appended to a new pack recorded as `writing`, the new pack
 //!   is sealed and the store synced; then one write transaction points the
 //!   rows that still name the old pack at their copies, seals the new pack
-//!   and drops the old one; only after the commit is the old file removed.
-//!   A crash before the commit leaves a `writing` pack the server removes
-//!   at start; after it, an orphan file the next run removes. A pack with a
+//!   and marks the old one `dropped`; only after the commit is the old file
+//!   removed. A crash before the commit leaves a `writing` pack the server
+//!   removes at start; after it, a `dropped` pack the next run removes. A pack with a
 //!   blob recorded as damaged is left alone (scrub's evidence, and repair
 //!   replaces it). Readers that located a blob in the old pack just before
 //!   the commit look it up again when the file is gone (`Store::read`).
@@ -50,6 +56,9 @@ pub struct CompactReport {
     pub bytes_freed: u64,
     /// Sparse packs left alone because a blob in them is damaged.
     pub packs_skipped_damaged: u64,
+    /// Pack files the catalog does not know, left in place (see the module doc).
+    #[serde(default)]
+    pub packs_unknown: u64,
 }
 
 fn store_err(e: StoreError) -> GcError {
@@ -68,15 +77,23 @@ pub fn compact_packs(store: &Store, cat: &mut Catalog, dry_run: bool) -> Result<
     let files = store.list_packs().map_err(store_err)?;
     let known = cat.pack_ids()?;
     for id in files.iter().filter(|id| !known.contains(id)) {
-        let size = std::fs::metadata(store.pack_path(id)).map(|m| m.len()).unwrap_or(0);
-        report.packs_removed += 1;
-        report.bytes_freed += size;
-        if !dry_run {
-            warn!(pack = %id, "removing a pack file the catalog does not know (left by an interrupted run)");
-            store.remove_pack(id).map_err(store_err)?;
-        }
+        report.packs_unknown += 1;
+        warn!(
+            pack = %id,
+            path = %store.pack_path(id).display(),
+            "a pack file the catalog does not know is kept: if catalog.db was put back from an older copy, `pulih-controller rebuild-catalog --force` recovers what it holds; otherwise it can be removed by hand"
+        );
     }
     let on_disk: HashSet<PackId> = files.into_iter().collect();
+    for id in cat.packs_dropped()? {
+        // A removal a crash interrupted.
+        report.packs_removed += 1;
+        if !dry_run {
+            report.bytes_freed += std::fs::metadata(store.pack_path(&id)).map_or(0, |m| m.len());
+            store.remove_pack(&id).map_err(store_err)?;
+            cat.pack_removed(&id)?;
+        }
+    }
     for u in cat.pack_usage()? {
         if u.live_blobs == 0 {
             report.packs_removed += 1;
@@ -114,6 +131,7 @@ fn drop_empty(store: &Store, cat: &mut Catalog, id: &PackId) -> Result<(), GcErr
     tx.commit().map_err(CatalogError::from)?;
     if dropped {
         store.remove_pack(id).map_err(store_err)?;
+        cat.pack_removed(id)?;
     }
     Ok(())
 }
@@ -167,6 +185,7 @@ fn rewrite(store: &Store, cat: &mut Catalog, u: &PackUsage, report: &mut Compact
     tx.commit().map_err(CatalogError::from)?;
     if dropped {
         store.remove_pack(&u.id).map_err(store_err)?;
+        cat.pack_removed(&u.id)?;
         report.packs_removed += 1;
         report.bytes_freed += u.size.saturating_sub(size);
     }
@@ -288,9 +307,10 @@ mod tests {
     }
 
     /// F1, F2, F3 for packs: a pack still `writing` (crash mid-upload) is
-    /// removed at server start with its row; a pack file without a row
-    /// (crash after compaction dropped the row) is removed by the next GC;
-    /// a pack being written by a live session has a row and is left alone.
+    /// removed at server start with its row, never by GC (it may be a live
+    /// upload's); a `dropped` pack whose removal a crash interrupted is
+    /// finished by the next GC; a pack file the catalog does not know at
+    /// all is kept and reported (an older catalog put back, F18).
     #[test]
     fn f3_unsealed_and_orphaned_packs_are_removed_and_live_ones_kept() {
         let mut f = fx();
@@ -300,18 +320,28 @@ mod tests {
         let mut w = f.store.create_pack(torn).unwrap();
         w.append(BlobRef::chunk(&ChunkId::of(b"x")), b"half").unwrap();
         drop(w);
-        let orphan = PackId::random().unwrap();
-        std::fs::write(f.store.pack_path(&orphan), b"PULIHPK1 leftover").unwrap();
+        let unknown = PackId::random().unwrap();
+        std::fs::write(f.store.pack_path(&unknown), b"PULIHPK1 not in this catalog").unwrap();
+        // Compaction dropped this one; a crash came before the file went.
+        let (dropped, blobs) = pack_of(&mut f, &[data(2, 1000)]);
+        forget(&mut f, &blobs);
+        let tx = f.cat.transaction().unwrap();
+        assert!(Catalog::drop_pack_if_unused(&tx, &dropped).unwrap());
+        tx.commit().unwrap();
 
-        // GC: the orphan goes; the `writing` pack may be a live upload.
         let r = compact_packs(&f.store, &mut f.cat, false).unwrap();
-        assert_eq!(r.packs_removed, 1);
-        assert!(!f.store.pack_path(&orphan).exists());
+        assert_eq!((r.packs_removed, r.packs_unknown), (1, 1), "{r:?}");
+        assert!(!f.store.pack_path(&dropped).exists() && !f.cat.pack_ids().unwrap().contains(&dropped));
+        assert!(f.store.pack_path(&unknown).exists(), "an unknown pack is never removed");
         assert!(f.store.pack_path(&torn).exists() && f.store.pack_path(&sealed).exists());
         // Server start: the `writing` one goes too.
         assert_eq!(remove_unsealed_packs(&f.store, &mut f.cat).unwrap(), 1);
         assert!(!f.store.pack_path(&torn).exists());
         assert!(f.cat.packs_writing().unwrap().is_empty());
-        assert_eq!(f.store.list_packs().unwrap(), vec![sealed]);
+        let mut left = f.store.list_packs().unwrap();
+        left.sort();
+        let mut want = vec![sealed, unknown];
+        want.sort();
+        assert_eq!(left, want);
     }
 }

@@ -59,13 +59,7 @@ impl Catalog {
 
     /// Packs still being written: at server start, leftovers of a crash.
     pub fn packs_writing(&self) -> Result<Vec<PackId>, CatalogError> {
-        let mut st = self.conn.prepare("SELECT id FROM packs WHERE state = 'writing'")?;
-        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.extend(PackId::from_slice(&r?));
-        }
-        Ok(out)
+        self.packs_in("writing")
     }
 
     /// Every pack the catalog knows, in any state.
@@ -79,14 +73,40 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Forgets a pack that no blob row names (in the caller's
-    /// transaction); returns whether it was forgotten.
+    /// Marks a sealed pack that no blob row names `dropped` (in the
+    /// caller's transaction): its file may be removed once this commits,
+    /// then [`Catalog::pack_removed`] forgets it. Returns whether it was
+    /// marked.
     pub fn drop_pack_if_unused(tx: &Transaction<'_>, id: &PackId) -> Result<bool, CatalogError> {
         let used = tx.prepare_cached("SELECT 1 FROM blobs WHERE pack = ?1")?.exists([&id.0[..]])?;
         if used {
             return Ok(false);
         }
-        Ok(tx.prepare_cached("DELETE FROM packs WHERE id = ?1")?.execute([&id.0[..]])? > 0)
+        Ok(tx
+            .prepare_cached("UPDATE packs SET state = 'dropped' WHERE id = ?1 AND state = 'sealed'")?
+            .execute([&id.0[..]])?
+            > 0)
+    }
+
+    /// Forgets a dropped pack whose file is gone.
+    pub fn pack_removed(&self, id: &PackId) -> Result<(), CatalogError> {
+        self.conn.execute("DELETE FROM packs WHERE id = ?1 AND state = 'dropped'", [&id.0[..]])?;
+        Ok(())
+    }
+
+    /// Packs marked `dropped` whose removal a crash may have interrupted.
+    pub fn packs_dropped(&self) -> Result<Vec<PackId>, CatalogError> {
+        self.packs_in("dropped")
+    }
+
+    fn packs_in(&self, state: &str) -> Result<Vec<PackId>, CatalogError> {
+        let mut st = self.conn.prepare("SELECT id FROM packs WHERE state = ?1")?;
+        let rows = st.query_map([state], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.extend(PackId::from_slice(&r?));
+        }
+        Ok(out)
     }
 
     /// Forgets a pack whose file is gone or was never sealed: its row and

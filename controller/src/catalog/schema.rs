@@ -292,13 +292,14 @@ CREATE TABLE forgotten_snapshots (
 
 /// Version 9: pack files (store layout 3). A pack's row is written
 /// (`writing`) before its file is created and becomes `sealed` in the
-/// transaction that records its blobs, after the store was synced; a blob's
-/// row says which pack holds it and where (`pack` NULL: a loose file of
-/// layout 2).
+/// transaction that records its blobs, after the store was synced;
+/// compaction marks a pack no row uses `dropped`, removes the file, then
+/// the row. A blob's row says which pack holds it and where (`pack` NULL: a
+/// loose file of layout 2).
 const PACKS: &str = r#"
 CREATE TABLE packs (
     id         BLOB PRIMARY KEY CHECK (length(id) = 16),
-    state      TEXT NOT NULL CHECK (state IN ('writing', 'sealed')),
+    state      TEXT NOT NULL CHECK (state IN ('writing', 'sealed', 'dropped')),
     size       INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL
 ) WITHOUT ROWID;

@@ -572,7 +572,12 @@ mod tests {
     pub(crate) fn put(store: &Store, cat: &mut Catalog, blob: BlobRef, frame: &[u8], touched: i64) {
         store.put_unsynced(&blob, frame).unwrap();
         let tx = cat.transaction().unwrap();
-        Catalog::record_blobs(&tx, 1, &[crate::catalog::StagedBlob { blob, raw_len: 1, stored_len: frame.len() as u64, at: None }]).unwrap();
+        Catalog::record_blobs(
+            &tx,
+            1,
+            &[crate::catalog::StagedBlob { blob, raw_len: 1, stored_len: frame.len() as u64, at: None }],
+        )
+        .unwrap();
         tx.execute("UPDATE blobs SET touched_at = ?1 WHERE id = ?2", rusqlite::params![touched, &blob.id[..]]).unwrap();
         tx.commit().unwrap();
     }

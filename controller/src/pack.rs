@@ -261,10 +261,10 @@ mod tests {
         assert_eq!(bytes.len() as u64, size);
         assert_eq!(&bytes[13..20], b"second!");
         let idx = read_index(&path).unwrap();
-        assert_eq!(idx.iter().map(|e| (e.blob, e.offset, e.len)).collect::<Vec<_>>(), vec![
-            (blob(BlobKind::Chunk, 1), 8, 5),
-            (blob(BlobKind::Tree, 2), 13, 7)
-        ]);
+        assert_eq!(
+            idx.iter().map(|e| (e.blob, e.offset, e.len)).collect::<Vec<_>>(),
+            vec![(blob(BlobKind::Chunk, 1), 8, 5), (blob(BlobKind::Tree, 2), 13, 7)]
+        );
         // Cut anywhere: never taken for a sealed pack.
         for cut in [0, 8, 20, bytes.len() - 1] {
             std::fs::write(&path, &bytes[..cut]).unwrap();

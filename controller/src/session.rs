@@ -575,9 +575,12 @@ impl Drop for UploadSession {
         if let Some(pack) = self.batch.pack.take() {
             let id = pack.id();
             drop(pack);
-            let gone = self.backend.store.remove_pack(&id).map_err(SessionError::from).and_then(|()| {
-                self.catalog().forget_pack(&id).map_err(SessionError::from)
-            });
+            let gone = self
+                .backend
+                .store
+                .remove_pack(&id)
+                .map_err(SessionError::from)
+                .and_then(|()| self.catalog().forget_pack(&id).map_err(SessionError::from));
             if let Err(e) = gone {
                 debug!(agent = %self.agent, pack = %id, error = %e, "unrecorded pack of an ended session not removed");
             }

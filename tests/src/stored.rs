@@ -30,11 +30,18 @@ fn catalog(data_dir: &Path) -> rusqlite::Connection {
 pub fn stored_blobs(data_dir: &Path, tree: bool) -> Vec<StoredBlob> {
     let conn = catalog(data_dir);
     let mut st = conn
-        .prepare("SELECT lower(hex(id)), lower(hex(pack)), pack_offset, stored_len FROM blobs WHERE kind = ?1 ORDER BY id")
+        .prepare(
+            "SELECT lower(hex(id)), lower(hex(pack)), pack_offset, stored_len FROM blobs WHERE kind = ?1 ORDER BY id",
+        )
         .unwrap();
     let rows = st
         .query_map([if tree { 2 } else { 1 }], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, i64>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
         })
         .unwrap();
     let store = data_dir.join("store");
@@ -123,7 +130,13 @@ impl StoredBlob {
         catalog(data_dir)
             .execute(
                 "UPDATE blobs SET pack = ?1, pack_offset = ?2, stored_len = ?3 WHERE kind = ?4 AND id = ?5",
-                rusqlite::params![unhex(pack), offset as i64, len as i64, if self.tree { 2 } else { 1 }, unhex(&self.id)],
+                rusqlite::params![
+                    unhex(pack),
+                    offset as i64,
+                    len as i64,
+                    if self.tree { 2 } else { 1 },
+                    unhex(&self.id)
+                ],
             )
             .unwrap();
     }

@@ -350,4 +350,3 @@ fn net_link_cut_mid_upload_resumes() {
     }
     println!("RESULT net cut attempts={} bytes_sent={} of {total}", v["attempts"], v["bytes_sent"]);
 }
-

@@ -67,7 +67,12 @@ mod tests {
 
     fn record(cat: &mut Catalog, agent_id: i64, blob: BlobRef) {
         let tx = cat.transaction().unwrap();
-        Catalog::record_blobs(&tx, agent_id, &[crate::catalog::StagedBlob { blob, raw_len: 1, stored_len: 10, at: None }]).unwrap();
+        Catalog::record_blobs(
+            &tx,
+            agent_id,
+            &[crate::catalog::StagedBlob { blob, raw_len: 1, stored_len: 10, at: None }],
+        )
+        .unwrap();
         tx.commit().unwrap();
     }
 

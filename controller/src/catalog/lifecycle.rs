@@ -513,11 +513,14 @@ impl Catalog {
     }
 
     /// Restores a sealed pack's row.
-    pub fn restore_pack(tx: &Transaction<'_>, id: &crate::pack::PackId, size: u64, created_at: i64) -> Result<(), CatalogError> {
-        tx.prepare_cached(
-            "INSERT OR IGNORE INTO packs (id, state, size, created_at) VALUES (?1, 'sealed', ?2, ?3)",
-        )?
-        .execute(params![&id.0[..], size as i64, created_at])?;
+    pub fn restore_pack(
+        tx: &Transaction<'_>,
+        id: &crate::pack::PackId,
+        size: u64,
+        created_at: i64,
+    ) -> Result<(), CatalogError> {
+        tx.prepare_cached("INSERT OR IGNORE INTO packs (id, state, size, created_at) VALUES (?1, 'sealed', ?2, ?3)")?
+            .execute(params![&id.0[..], size as i64, created_at])?;
         Ok(())
     }
 

@@ -579,6 +579,73 @@ mod tests {
     /// converts it; the conversion moves every blob, removes the old
     /// directories, survives being interrupted and re-run, and is a no-op
     /// on a layout-2 store.
+    /// Answers with a stale location first (a pack compaction removed since),
+    /// then with the blob's new place.
+    #[derive(Debug)]
+    struct MovedMeanwhile {
+        calls: std::sync::Mutex<u32>,
+        old: PackedAt,
+        new: PackedAt,
+    }
+
+    impl Locate for MovedMeanwhile {
+        fn locate(&self, _: &BlobRef) -> Result<Option<Location>, String> {
+            let mut n = self.calls.lock().unwrap();
+            *n += 1;
+            Ok(Some(Location::Packed(if *n % 2 == 1 { self.old } else { self.new })))
+        }
+    }
+
+    /// A reader that located a blob just before compaction moved it and
+    /// removed the old pack finds it at its new place (read and present).
+    #[test]
+    fn a_blob_moved_by_compaction_after_it_was_located_is_found_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let b = BlobRef { kind: BlobKind::Tree, id: [4; 32] };
+        let bare = Store::create(&root).unwrap();
+        let mut w = bare.create_pack(PackId([2; 16])).unwrap();
+        let new = w.append(b, b"moved frame").unwrap();
+        w.seal().unwrap();
+        let old = PackedAt { pack: PackId([3; 16]), offset: 8, len: 11 };
+        let locator = Arc::new(MovedMeanwhile { calls: std::sync::Mutex::new(0), old, new });
+        let store = Store::open(&root).unwrap().with_locator(locator.clone());
+        assert_eq!(store.read(&b).unwrap(), b"moved frame");
+        assert!(store.present(&b).unwrap());
+        assert_eq!(*locator.calls.lock().unwrap(), 4);
+    }
+
+    /// A layout-2 store (one file per blob) is refused until `serve`
+    /// converts it; its loose blobs stay where they are and readable, with
+    /// or without a catalog row, and new blobs can go to packs.
+    #[test]
+    fn layout2_store_is_refused_then_gets_packs_and_keeps_its_loose_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let store = Store::create(&root).unwrap();
+        let b = BlobRef { kind: BlobKind::Chunk, id: [9; 32] };
+        store.put_unsynced(&b, b"loose frame").unwrap();
+        fs::remove_dir_all(root.join(PACKS)).unwrap();
+        write_durable(&root.join("FORMAT"), FORMAT_V2.as_bytes()).unwrap();
+        let err = Store::open(&root).unwrap_err();
+        assert!(matches!(err, StoreError::OldLayout { layout: 2, .. }), "{err}");
+        assert!(err.to_string().contains("layout 3"), "{err}");
+
+        assert_eq!(migrate(&root).unwrap(), Some(0));
+        assert_eq!(fs::read_to_string(root.join("FORMAT")).unwrap(), FORMAT);
+        assert_eq!(fs::read_dir(root.join(PACKS)).unwrap().count(), 256);
+        let store = Store::open(&root).unwrap();
+        assert_eq!(store.read(&b).unwrap(), b"loose frame");
+        assert_eq!(store.location(&b).unwrap(), Location::Loose);
+        let id = PackId([1; 16]);
+        let mut w = store.create_pack(id).unwrap();
+        let at = w.append(b, b"packed frame").unwrap();
+        w.seal().unwrap();
+        assert_eq!(store.read_at(&b, &Location::Packed(at)).unwrap(), b"packed frame");
+        assert_eq!(store.list_packs().unwrap(), vec![id]);
+        assert_eq!(migrate(&root).unwrap(), None);
+    }
+
     #[test]
     fn layout1_store_is_refused_then_migrated_even_after_an_interruption() {
         let dir = tempfile::tempdir().unwrap();

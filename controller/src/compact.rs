@@ -36,7 +36,7 @@ use tracing::{info, warn};
 use crate::catalog::{Catalog, CatalogError, PackUsage};
 use crate::gc::GcError;
 use crate::pack::{PackId, PackWriter, PackedAt};
-use crate::reader::ReadError;
+use crate::reader::{self, ReadError};
 use crate::store::{BlobKind, Location, Store, StoreError};
 use pulih_core::{ChunkId, TreeId};
 
@@ -149,13 +149,8 @@ fn rewrite(store: &Store, cat: &mut Catalog, u: &PackUsage, report: &mut Compact
         let frame = store.read_at(&b.blob, &Location::Packed(b.at)).map_err(store_err)?;
         let ok = match b.blob.kind {
             BlobKind::Chunk => u32::try_from(b.raw_len)
-                .map_err(|_| ())
-                .and_then(|len| {
-                    pulih_core::codec::open_chunk(&ChunkId::from_bytes(b.blob.id), &frame, len.into()).map_err(|_| ())
-                })
-                .is_ok(),
-            BlobKind::Tree => pulih_core::codec::decompress_bounded(&frame, pulih_core::formats::MAX_TREE_LEN)
-                .is_ok_and(|plain| TreeId::of(&plain).as_bytes() == &b.blob.id),
+                .is_ok_and(|len| reader::open_chunk(&ChunkId::from_bytes(b.blob.id), &frame, len).is_ok()),
+            BlobKind::Tree => reader::open_tree(&TreeId::from_bytes(b.blob.id), &frame).is_ok(),
         };
         if !ok {
             warn!(pack = %u.id, blob = %b.blob.hex(), kind = b.blob.kind.name(), "pack not compacted: a blob in it does not verify (run scrub)");

@@ -32,8 +32,18 @@ impl ReadError {
 
 /// Loads and verifies a tree.
 pub fn load_tree(store: &Store, id: &TreeId) -> Result<Tree, ReadError> {
-    let frame = store.read(&BlobRef::tree(id))?;
-    let plain = codec::decompress_bounded(&frame, MAX_TREE_LEN).map_err(|source| ReadError::Damaged {
+    open_tree(id, &store.read(&BlobRef::tree(id))?)
+}
+
+/// Loads and verifies a chunk of known plaintext length.
+pub fn load_chunk(store: &Store, id: &ChunkId, len: u32) -> Result<Vec<u8>, ReadError> {
+    open_chunk(id, &store.read(&BlobRef::chunk(id))?, len)
+}
+
+/// Verifies a tree's stored bytes (decompressed with a bound, rehashed,
+/// decoded).
+pub fn open_tree(id: &TreeId, frame: &[u8]) -> Result<Tree, ReadError> {
+    let plain = codec::decompress_bounded(frame, MAX_TREE_LEN).map_err(|source| ReadError::Damaged {
         kind: "tree",
         id: id.to_hex(),
         source,
@@ -49,9 +59,8 @@ pub fn load_tree(store: &Store, id: &TreeId) -> Result<Tree, ReadError> {
     Tree::decode(&plain).map_err(|source| ReadError::BadTree { id: id.to_hex(), source })
 }
 
-/// Loads and verifies a chunk of known plaintext length.
-pub fn load_chunk(store: &Store, id: &ChunkId, len: u32) -> Result<Vec<u8>, ReadError> {
-    let frame = store.read(&BlobRef::chunk(id))?;
+/// Verifies a chunk's stored bytes against its id and plaintext length.
+pub fn open_chunk(id: &ChunkId, frame: &[u8], len: u32) -> Result<Vec<u8>, ReadError> {
     if len > MAX_CHUNK_LEN {
         return Err(ReadError::Damaged {
             kind: "chunk",
@@ -59,7 +68,7 @@ pub fn load_chunk(store: &Store, id: &ChunkId, len: u32) -> Result<Vec<u8>, Read
             source: CodecError::BadLength { declared: len.into(), limit: MAX_CHUNK_LEN.into() },
         });
     }
-    codec::open_chunk(id, &frame, len.into()).map_err(|source| ReadError::Damaged {
+    codec::open_chunk(id, frame, len.into()).map_err(|source| ReadError::Damaged {
         kind: "chunk",
         id: id.to_hex(),
         source,

@@ -221,7 +221,9 @@ impl Store {
         self
     }
 
-    fn locate(&self, blob: &BlobRef) -> Result<Location, StoreError> {
+    /// Where a blob is, as the store's locator says (loose when it has
+    /// none or the catalog has no row).
+    pub fn location(&self, blob: &BlobRef) -> Result<Location, StoreError> {
         let Some(l) = &self.locator else { return Ok(Location::Loose) };
         match l.locate(blob) {
             Ok(loc) => Ok(loc.unwrap_or(Location::Loose)),
@@ -332,20 +334,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Where a blob is, as the store's locator says.
-    pub fn location(&self, blob: &BlobRef) -> Result<Location, StoreError> {
-        self.locate(blob)
-    }
-
     /// Reads a blob's stored bytes. A missing or empty file, or a pack
     /// shorter than the blob's range, is `Missing` (a torn write, F1).
     pub fn read(&self, blob: &BlobRef) -> Result<Vec<u8>, StoreError> {
-        match self.locate(blob)? {
+        match self.location(blob)? {
             Location::Loose => self.read_loose(blob),
             Location::Packed(at) => match self.read_packed(blob, &at) {
                 // Garbage collection may have moved it to another pack
                 // (repacking) after it was located: look once more.
-                Err(StoreError::Missing { .. }) => match self.locate(blob)? {
+                Err(StoreError::Missing { .. }) => match self.location(blob)? {
                     Location::Packed(again) if again != at => self.read_packed(blob, &again),
                     Location::Loose => self.read_loose(blob),
                     _ => Err(missing(blob)),
@@ -393,12 +390,12 @@ impl Store {
     /// file is a torn write and counts as absent, F1), or a pack long
     /// enough to hold its range.
     pub fn present(&self, blob: &BlobRef) -> Result<bool, StoreError> {
-        let loc = self.locate(blob)?;
+        let loc = self.location(blob)?;
         if self.present_at(blob, &loc)? {
             return Ok(true);
         }
         // Moved by a pack compaction after it was located: look once more.
-        match self.locate(blob)? {
+        match self.location(blob)? {
             again @ Location::Packed(_) if again != loc => self.present_at(blob, &again),
             _ => Ok(false),
         }
@@ -419,7 +416,7 @@ impl Store {
     /// The file and byte range holding a blob (for messages and for tests
     /// that damage a stored blob on purpose).
     pub fn blob_bytes(&self, blob: &BlobRef) -> Result<(PathBuf, u64, u64), StoreError> {
-        Ok(match self.locate(blob)? {
+        Ok(match self.location(blob)? {
             Location::Loose => {
                 let p = self.blob_path(blob);
                 let len = fs::metadata(&p).map_err(io_err(&p))?.len();

@@ -187,12 +187,8 @@ impl Catalog {
             > 0)
     }
 
-    /// Where a durable blob is stored (`None`: no row).
-    pub fn blob_location(&self, blob: &BlobRef) -> Result<Option<Location>, CatalogError> {
-        Self::blob_location_in(&self.conn, blob)
-    }
-
-    /// [`Catalog::blob_location`] in the caller's transaction.
+    /// Where a durable blob is stored (`None`: no row), in the caller's
+    /// transaction.
     pub fn blob_location_in(conn: &Connection, blob: &BlobRef) -> Result<Option<Location>, CatalogError> {
         locate_in(conn, blob).map_err(CatalogError::Invalid)
     }
